@@ -1,0 +1,164 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let strictSettings: [SwiftSetting] = [
+  .swiftLanguageMode(.v6),
+  .enableUpcomingFeature("ExistentialAny"),
+  .enableUpcomingFeature("InternalImportsByDefault"),
+]
+
+let package = Package(
+  name: "swift-grpc-registry",
+  platforms: [.macOS(.v15)],
+  products: [
+    .library(name: "RegistryCore", targets: ["RegistryCore"]),
+    .library(name: "RegistryTesting", targets: ["RegistryTesting"]),
+    .library(name: "GRPCConnection", targets: ["GRPCConnection"]),
+    .library(name: "Etcd", targets: ["Etcd"]),
+    .library(name: "EtcdRegistry", targets: ["EtcdRegistry"]),
+    .library(name: "GRPCRegistry", targets: ["GRPCRegistry"]),
+    .library(name: "EtcdHarness", targets: ["EtcdHarness"]),
+    .executable(name: "registry-demo", targets: ["registry-demo"]),
+  ],
+  dependencies: [
+    .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+    .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+    .package(url: "https://github.com/apple/swift-nio-http2", from: "1.46.0"),
+    .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
+    .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
+    .package(url: "https://github.com/grpc/grpc-swift-2", from: "2.4.3"),
+    .package(url: "https://github.com/grpc/grpc-swift-nio-transport", from: "2.9.2"),
+    .package(url: "https://github.com/grpc/grpc-swift-protobuf", from: "2.4.1"),
+    .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+    .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+  ],
+  targets: [
+    // The registry model, the protocol, the embedded in-memory registry and the JSON codec.
+    .target(
+      name: "RegistryCore",
+      dependencies: [
+        .product(name: "Logging", package: "swift-log")
+      ],
+      swiftSettings: strictSettings
+    ),
+    // The conformance suite every ServiceRegistry implementation must pass.
+    .target(
+      name: "RegistryTesting",
+      dependencies: ["RegistryCore"],
+      swiftSettings: strictSettings
+    ),
+    // Starts and stops real etcd processes (single node, clusters, TLS) for tests and benchmarks.
+    .target(
+      name: "EtcdHarness",
+      dependencies: [
+        .product(name: "Logging", package: "swift-log")
+      ],
+      swiftSettings: strictSettings
+    ),
+    // The project's own gRPC-over-HTTP/2 client connection (a grpc-swift-2 ClientTransport).
+    .target(
+      name: "GRPCConnection",
+      dependencies: [
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
+        .product(name: "NIOHTTP2", package: "swift-nio-http2"),
+        .product(name: "NIOSSL", package: "swift-nio-ssl"),
+        .product(name: "Logging", package: "swift-log"),
+      ],
+      swiftSettings: strictSettings
+    ),
+    // A Swift etcd v3 client over grpc-swift-2 and GRPCConnection.
+    .target(
+      name: "Etcd",
+      dependencies: [
+        "GRPCConnection",
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+        .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+      ],
+      swiftSettings: strictSettings
+    ),
+    // The ServiceRegistry on etcd.
+    .target(
+      name: "EtcdRegistry",
+      dependencies: [
+        "RegistryCore",
+        "Etcd",
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "Metrics", package: "swift-metrics"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+      ],
+      swiftSettings: strictSettings
+    ),
+    // grpc-swift-2 glue: registry:// resolver, balanced transport, registered server.
+    .target(
+      name: "GRPCRegistry",
+      dependencies: [
+        "RegistryCore",
+        "GRPCConnection",
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+        .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+        .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "Metrics", package: "swift-metrics"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+      ],
+      swiftSettings: strictSettings
+    ),
+    // The example service of the seed (package user, UserMesService), shared by the examples.
+    .target(
+      name: "UserService",
+      dependencies: [
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+        .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+      ],
+      path: "Examples/UserService",
+      swiftSettings: strictSettings
+    ),
+    .executableTarget(
+      name: "registry-demo",
+      dependencies: [
+        "RegistryCore",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "Logging", package: "swift-log"),
+      ],
+      path: "Examples/registry-demo",
+      swiftSettings: strictSettings
+    ),
+    .testTarget(
+      name: "RegistryCoreTests",
+      dependencies: ["RegistryCore", "RegistryTesting"],
+      swiftSettings: strictSettings
+    ),
+    .testTarget(
+      name: "GRPCConnectionTests",
+      dependencies: [
+        "GRPCConnection",
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
+      ],
+      swiftSettings: strictSettings
+    ),
+    // Everything that needs a real etcd process lives here.
+    .testTarget(
+      name: "EtcdIntegrationTests",
+      dependencies: [
+        "EtcdHarness",
+        "Etcd",
+        "EtcdRegistry",
+        "GRPCConnection",
+        "RegistryCore",
+        "RegistryTesting",
+      ],
+      swiftSettings: strictSettings
+    ),
+  ]
+)
