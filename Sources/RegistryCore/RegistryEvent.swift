@@ -1,0 +1,75 @@
+/// The instances of one service at one revision of the registry.
+public struct RegistrySnapshot: Hashable, Sendable {
+  /// The service these instances belong to.
+  public var service: String
+  /// The instances, sorted by address.
+  public var instances: [ServiceInstance]
+  /// The store revision this set was read at (etcd's revision; a counter for in-memory).
+  public var revision: Int64
+
+  /// Creates a snapshot; the instances are sorted by address.
+  public init(service: String, instances: [ServiceInstance], revision: Int64) {
+    self.service = service
+    self.instances = instances.sorted { $0.address < $1.address }
+    self.revision = revision
+  }
+
+  /// The snapshot after `event`: the same set with the change applied.
+  public func applying(_ event: RegistryEvent) -> RegistrySnapshot {
+    switch event {
+    case .snapshot(let snapshot):
+      return snapshot
+    case .added(let instance, let revision), .updated(let instance, let revision):
+      var instances = self.instances.filter { $0.address != instance.address }
+      instances.append(instance)
+      return RegistrySnapshot(service: self.service, instances: instances, revision: revision)
+    case .removed(let instance, let revision):
+      let instances = self.instances.filter { $0.address != instance.address }
+      return RegistrySnapshot(service: self.service, instances: instances, revision: revision)
+    }
+  }
+
+  /// The events that turn `self` into `other`: removals, then additions and updates, all tagged
+  /// with `other`'s revision. Unchanged instances produce no event.
+  public func changes(to other: RegistrySnapshot) -> [RegistryEvent] {
+    var old: [String: ServiceInstance] = [:]
+    for instance in self.instances { old[instance.address] = instance }
+    var events: [RegistryEvent] = []
+    var seen = Set<String>()
+    for instance in other.instances {
+      seen.insert(instance.address)
+      if let previous = old[instance.address] {
+        if previous != instance { events.append(.updated(instance, revision: other.revision)) }
+      } else {
+        events.append(.added(instance, revision: other.revision))
+      }
+    }
+    let removals = self.instances.filter { !seen.contains($0.address) }
+      .map { RegistryEvent.removed($0, revision: other.revision) }
+    return removals + events
+  }
+}
+
+/// One item of a ``ServiceWatch``: the current set, or one change to it.
+///
+/// A watch yields ``snapshot(_:)`` first, then changes in the store's order, each tagged with the
+/// store revision at which it happened.
+public enum RegistryEvent: Hashable, Sendable {
+  /// The complete current set. Always the first event of a watch.
+  case snapshot(RegistrySnapshot)
+  /// An instance appeared.
+  case added(ServiceInstance, revision: Int64)
+  /// An instance's value changed (weight, group, metadata or version); same address.
+  case updated(ServiceInstance, revision: Int64)
+  /// An instance went away (deregistered, its lease expired, or its key was deleted).
+  case removed(ServiceInstance, revision: Int64)
+
+  /// The store revision of this event.
+  public var revision: Int64 {
+    switch self {
+    case .snapshot(let snapshot): return snapshot.revision
+    case .added(_, let revision), .updated(_, let revision), .removed(_, let revision):
+      return revision
+    }
+  }
+}

@@ -1,0 +1,90 @@
+import RegistryCore
+import RegistryTesting
+import Testing
+
+@Suite("InMemoryRegistry")
+struct InMemoryRegistryTests {
+  @Test("conformance", arguments: RegistryConformance.checks)
+  func conformance(_ check: RegistryConformance.Check) async throws {
+    try await check.run { count in
+      let first = InMemoryRegistry()
+      return [first] + (1..<count).map { _ in InMemoryRegistry(sharing: first) }
+    }
+  }
+
+  @Test("a registration that is not kept alive expires and watchers see it go")
+  func ttlExpiry() async throws {
+    let registry = InMemoryRegistry()
+    let kept = ServiceInstance(name: "svc", address: "127.0.0.1:9001")
+    let crashed = ServiceInstance(name: "svc", address: "127.0.0.1:9002")
+    try registry.register(kept, ttl: .milliseconds(300))
+    try registry.register(crashed, ttl: .milliseconds(300))
+    let recorder = WatchRecorder(registry.watch("svc"))
+    defer { recorder.cancel() }
+    try await recorder.waitForAddresses(["127.0.0.1:9001", "127.0.0.1:9002"])
+
+    // Keep one alive for well past its TTL; the other expires.
+    let keeper = Task {
+      while !Task.isCancelled {
+        try registry.keepAlive(service: "svc", address: "127.0.0.1:9001")
+        try await Task.sleep(for: .milliseconds(50))
+      }
+    }
+    defer { keeper.cancel() }
+    try await recorder.waitForAddresses(["127.0.0.1:9001"], within: .seconds(3))
+    guard case .removed(let removed, _) = recorder.events.last else {
+      Issue.record("the last event is not a removal: \(recorder.events)")
+      return
+    }
+    #expect(removed == crashed)
+    #expect(throws: RegistryError.self) {
+      try registry.keepAlive(service: "svc", address: "127.0.0.1:9002")
+    }
+    do {
+      try registry.keepAlive(service: "svc", address: "127.0.0.1:9002")
+    } catch let error as RegistryError {
+      #expect(error.code == .notFound)
+    }
+    #expect(try await registry.instances(of: "svc") == [kept])
+  }
+
+  @Test("a ttl below 10 ms is refused")
+  func shortTTL() throws {
+    let registry = InMemoryRegistry()
+    #expect(throws: RegistryError.self) {
+      try registry.register(ServiceInstance(name: "svc", address: "127.0.0.1:1"), ttl: .milliseconds(1))
+    }
+  }
+
+  @Test("the snapshots view yields the whole set after every change")
+  func snapshots() async throws {
+    let registry = InMemoryRegistry()
+    try await registry.register(ServiceInstance(name: "svc", address: "127.0.0.1:9001"))
+    var iterator = registry.watch("svc").snapshots.makeAsyncIterator()
+    let first = try #require(try await iterator.next())
+    #expect(first.instances.map(\.address) == ["127.0.0.1:9001"])
+    try await registry.register(ServiceInstance(name: "svc", address: "127.0.0.1:9000"))
+    let second = try #require(try await iterator.next())
+    #expect(second.instances.map(\.address) == ["127.0.0.1:9000", "127.0.0.1:9001"])
+    #expect(second.revision > first.revision)
+  }
+
+  @Test("a watch re-iterated starts a new subscription with a fresh snapshot")
+  func reiteration() async throws {
+    let registry = InMemoryRegistry()
+    let watch = registry.watch("svc")
+    var first = watch.makeAsyncIterator()
+    guard case .snapshot(let empty) = try #require(try await first.next()) else {
+      Issue.record("expected a snapshot")
+      return
+    }
+    #expect(empty.instances.isEmpty)
+    try await registry.register(ServiceInstance(name: "svc", address: "127.0.0.1:9001"))
+    var second = watch.makeAsyncIterator()
+    guard case .snapshot(let one) = try #require(try await second.next()) else {
+      Issue.record("expected a snapshot")
+      return
+    }
+    #expect(one.instances.map(\.address) == ["127.0.0.1:9001"])
+  }
+}
