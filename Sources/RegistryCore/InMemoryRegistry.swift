@@ -25,7 +25,9 @@ public final class InMemoryRegistry: ServiceRegistry {
   /// Creates an empty registry.
   ///
   /// - Parameter logger: Where registrations and expiries are logged (at debug and info).
-  public init(logger: Logger = Logger(label: "registry", factory: { _ in SwiftLogNoOpLogHandler() })) {
+  public init(
+    logger: Logger = Logger(label: "registry", factory: { _ in SwiftLogNoOpLogHandler() })
+  ) {
     self.store = Store()
     self.owner = self.store.newOwner()
     self.logger = logger
@@ -165,7 +167,11 @@ extension InMemoryRegistry {
 
     enum Change: String { case added, updated, renewed }
 
-    func put(_ instance: ServiceInstance, owner: UInt64, ttl: Duration?) throws(RegistryError)
+    func put(
+      _ instance: ServiceInstance,
+      owner: UInt64,
+      ttl: Duration?
+    ) throws(RegistryError)
       -> Change
     {
       let now = ContinuousClock.now
@@ -179,7 +185,8 @@ extension InMemoryRegistry {
           expiresAt: ttl.map { now + $0 }
         )
         state.services[instance.name, default: [:]][instance.address] = entry
-        state.expiringEntries += (entry.expiresAt != nil ? 1 : 0) - (previous?.expiresAt != nil ? 1 : 0)
+        state.expiringEntries +=
+          (entry.expiresAt != nil ? 1 : 0) - (previous?.expiresAt != nil ? 1 : 0)
         let change: Change
         if let previous {
           if previous.instance == instance {
@@ -209,7 +216,8 @@ extension InMemoryRegistry {
         guard var entry = state.services[service]?[address] else {
           throw RegistryError(
             code: .notFound,
-            message: "\(service)/\(address) is not registered (its time to live expired or it was removed); register it again"
+            message:
+              "\(service)/\(address) is not registered (its time to live expired or it was removed); register it again"
           )
         }
         if let ttl = entry.ttl { entry.expiresAt = now + ttl }
@@ -239,7 +247,10 @@ extension InMemoryRegistry {
       try self.state.withLock { state throws(RegistryError) in
         try state.checkOpen(owner, "watch")
         let id = state.newID()
-        state.watchers[service, default: [:]][id] = Watcher(owner: owner, continuation: continuation)
+        state.watchers[service, default: [:]][id] = Watcher(
+          owner: owner,
+          continuation: continuation
+        )
         // The snapshot is taken under the same lock as the registration: no change can fall
         // between them.
         continuation.yield(.snapshot(state.snapshot(service)))
@@ -287,7 +298,9 @@ extension InMemoryRegistry {
         var expired: [(String, String)] = []
         for (service, entries) in state.services {
           for (address, entry) in entries {
-            if let deadline = entry.expiresAt, deadline <= now { expired.append((service, address)) }
+            if let deadline = entry.expiresAt, deadline <= now {
+              expired.append((service, address))
+            }
           }
         }
         for (service, address) in expired { _ = state.remove(service, address) }

@@ -72,7 +72,8 @@ public struct InstanceCodec: Sendable, CustomStringConvertible {
       let preview = String(decoding: bytes.prefix(80), as: UTF8.self)
       throw RegistryError(
         code: .malformedValue,
-        message: "the value of \(service)/\(address) is not valid \(self.name) ('\(preview)'); rewrite it with this codec's format or delete it",
+        message:
+          "the value of \(service)/\(address) is not valid \(self.name) ('\(preview)'); rewrite it with this codec's format or delete it",
         cause: error
       )
     }
@@ -279,7 +280,7 @@ struct JSONWriter {
       case 0x09: self.bytes.append(contentsOf: [0x5C, UInt8(ascii: "t")])
       case 0x08: self.bytes.append(contentsOf: [0x5C, UInt8(ascii: "b")])
       case 0x0C: self.bytes.append(contentsOf: [0x5C, UInt8(ascii: "f")])
-      case 0x00..<0x20, 0x3C, 0x3E, 0x26, 0x2028, 0x2029:
+      case 0x00 ..< 0x20, 0x3C, 0x3E, 0x26, 0x2028, 0x2029:
         self.appendUnicodeEscape(scalar.value)
       default:
         self.bytes.append(contentsOf: String(scalar).utf8)

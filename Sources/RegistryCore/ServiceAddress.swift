@@ -15,7 +15,10 @@ public struct ServiceAddress: Hashable, Sendable, CustomStringConvertible {
   /// - Throws: ``RegistryError`` with code `invalidArgument`, whose message says which rule failed.
   public init(parsing text: String) throws(RegistryError) {
     func fail(_ rule: String) -> RegistryError {
-      .invalid("address", "address '\(text)' is not valid: \(rule); use host:port, such as 10.0.0.7:8082 or [fd00::7]:8082")
+      .invalid(
+        "address",
+        "address '\(text)' is not valid: \(rule); use host:port, such as 10.0.0.7:8082 or [fd00::7]:8082"
+      )
     }
     guard !text.isEmpty else { throw fail("it is empty") }
     guard text.utf8.count <= 261 else { throw fail("it is longer than 261 characters") }
@@ -24,8 +27,10 @@ public struct ServiceAddress: Hashable, Sendable, CustomStringConvertible {
     let portPart: Substring
     let isIPv6: Bool
     if text.hasPrefix("[") {
-      guard let close = text.firstIndex(of: "]") else { throw fail("the IPv6 host has no closing ']'") }
-      hostPart = text[text.index(after: text.startIndex)..<close]
+      guard let close = text.firstIndex(of: "]") else {
+        throw fail("the IPv6 host has no closing ']'")
+      }
+      hostPart = text[text.index(after: text.startIndex) ..< close]
       let rest = text[text.index(after: close)...]
       guard rest.hasPrefix(":") else { throw fail("the port is missing after ']'") }
       portPart = rest.dropFirst()
@@ -44,8 +49,9 @@ public struct ServiceAddress: Hashable, Sendable, CustomStringConvertible {
       }
       isIPv6 = false
     }
-    guard !portPart.isEmpty, portPart.utf8.count <= 5, portPart.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }),
-      let port = Int(portPart), (1...65535).contains(port)
+    guard !portPart.isEmpty, portPart.utf8.count <= 5,
+      portPart.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }),
+      let port = Int(portPart), (1 ... 65535).contains(port)
     else {
       throw fail("the port '\(portPart)' is not a number from 1 to 65535")
     }

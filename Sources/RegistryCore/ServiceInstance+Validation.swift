@@ -22,7 +22,10 @@ extension ServiceInstance {
   /// - Throws: ``RegistryError`` with code `invalidArgument` and field `name`.
   public static func validate(serviceName name: String) throws(RegistryError) {
     guard !name.isEmpty else {
-      throw .invalid("name", "the service name is empty; use 1 to 253 characters of A-Z a-z 0-9 . _ -")
+      throw .invalid(
+        "name",
+        "the service name is empty; use 1 to 253 characters of A-Z a-z 0-9 . _ -"
+      )
     }
     guard name.utf8.count <= Limits.nameLength else {
       throw .invalid(

@@ -77,7 +77,8 @@ public struct ServiceSnapshots: AsyncSequence, Sendable {
       } else {
         throw RegistryError(
           code: .internalError,
-          message: "a watch yielded a change before its first snapshot; this is a bug in the registry implementation"
+          message:
+            "a watch yielded a change before its first snapshot; this is a bug in the registry implementation"
         )
       }
       self.current = next

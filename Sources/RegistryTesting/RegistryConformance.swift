@@ -29,7 +29,8 @@ public enum RegistryConformance {
     /// What the check proves.
     public let name: String
     let registries: Int
-    let body: @Sendable (_ registries: [any ServiceRegistry], _ service: String) async throws -> Void
+    let body:
+      @Sendable (_ registries: [any ServiceRegistry], _ service: String) async throws -> Void
 
     public var description: String { self.name }
     public var testDescription: String { self.name }
@@ -37,7 +38,10 @@ public enum RegistryConformance {
     /// Runs the check against registries from `factory`, then shuts them down.
     public func run(_ factory: Factory) async throws {
       let registries = try await factory(self.registries)
-      try #require(registries.count == self.registries, "the factory must return \(self.registries) registries")
+      try #require(
+        registries.count == self.registries,
+        "the factory must return \(self.registries) registries"
+      )
       let service = "conformance-\(UInt32.random(in: 0 ... .max))"
       do {
         try await self.body(registries, service)
@@ -68,8 +72,12 @@ public enum RegistryConformance {
     ServiceInstance(name: service, address: "127.0.0.1:\(port)", weight: weight, group: group)
   }
 
-  static let registerThenList = Check(name: "register then list returns every field, sorted", registries: 1) {
-    registries, service in
+  static let registerThenList = Check(
+    name: "register then list returns every field, sorted",
+    registries: 1
+  ) {
+    registries,
+    service in
     let registry = registries[0]
     let full = ServiceInstance(
       name: service,
@@ -87,8 +95,12 @@ public enum RegistryConformance {
     #expect(listed.first == full)
   }
 
-  static let reregisterUpdates = Check(name: "registering an address again replaces its value", registries: 1) {
-    registries, service in
+  static let reregisterUpdates = Check(
+    name: "registering an address again replaces its value",
+    registries: 1
+  ) {
+    registries,
+    service in
     let registry = registries[0]
     try await registry.register(instance(service, 9001, weight: 1))
     try await registry.register(instance(service, 9001, weight: 5, group: "B"))
@@ -96,8 +108,12 @@ public enum RegistryConformance {
     #expect(listed == [instance(service, 9001, weight: 5, group: "B")])
   }
 
-  static let identicalReregisterIsQuiet = Check(name: "registering an identical value again yields no event", registries: 1) {
-    registries, service in
+  static let identicalReregisterIsQuiet = Check(
+    name: "registering an identical value again yields no event",
+    registries: 1
+  ) {
+    registries,
+    service in
     let registry = registries[0]
     try await registry.register(instance(service, 9001))
     let recorder = WatchRecorder(registry.watch(service))
@@ -115,8 +131,12 @@ public enum RegistryConformance {
     #expect(added.address == "127.0.0.1:9002")
   }
 
-  static let deregisterRemoves = Check(name: "deregister removes; an unknown address is not an error", registries: 1) {
-    registries, service in
+  static let deregisterRemoves = Check(
+    name: "deregister removes; an unknown address is not an error",
+    registries: 1
+  ) {
+    registries,
+    service in
     let registry = registries[0]
     try await registry.register(instance(service, 9001))
     try await registry.register(instance(service, 9002))
@@ -127,8 +147,12 @@ public enum RegistryConformance {
     #expect(try await registry.instances(of: service).isEmpty)
   }
 
-  static let watchStartsWithSnapshot = Check(name: "a watch yields the current set first", registries: 2) {
-    registries, service in
+  static let watchStartsWithSnapshot = Check(
+    name: "a watch yields the current set first",
+    registries: 2
+  ) {
+    registries,
+    service in
     try await registries[0].register(instance(service, 9001))
     try await registries[0].register(instance(service, 9002, weight: 2))
     let recorder = WatchRecorder(registries[1].watch(service))
@@ -143,8 +167,12 @@ public enum RegistryConformance {
     #expect(snapshot.revision > 0)
   }
 
-  static let watchOfUnknownServiceIsEmpty = Check(name: "a watch of a service with no instances starts empty", registries: 1) {
-    registries, service in
+  static let watchOfUnknownServiceIsEmpty = Check(
+    name: "a watch of a service with no instances starts empty",
+    registries: 1
+  ) {
+    registries,
+    service in
     let recorder = WatchRecorder(registries[0].watch(service))
     defer { recorder.cancel() }
     try await recorder.waitUntil("the first event arrives") { !$0.isEmpty }
@@ -155,8 +183,12 @@ public enum RegistryConformance {
     #expect(snapshot.instances.isEmpty)
   }
 
-  static let watchYieldsChangesInOrder = Check(name: "a watch yields added, updated, removed in order with rising revisions", registries: 2) {
-    registries, service in
+  static let watchYieldsChangesInOrder = Check(
+    name: "a watch yields added, updated, removed in order with rising revisions",
+    registries: 2
+  ) {
+    registries,
+    service in
     let (writer, reader) = (registries[0], registries[1])
     let recorder = WatchRecorder(reader.watch(service))
     defer { recorder.cancel() }
@@ -171,11 +203,18 @@ public enum RegistryConformance {
     #expect(events[1] == .updated(instance(service, 9001, weight: 7), revision: events[1].revision))
     #expect(events[2] == .removed(instance(service, 9001, weight: 7), revision: events[2].revision))
     let revisions = recorder.events.map(\.revision)
-    #expect(revisions == revisions.sorted() && Set(revisions).count == revisions.count, "revisions: \(revisions)")
+    #expect(
+      revisions == revisions.sorted() && Set(revisions).count == revisions.count,
+      "revisions: \(revisions)"
+    )
   }
 
-  static let prefixIsolation = Check(name: "a service never sees a service whose name extends its own", registries: 1) {
-    registries, service in
+  static let prefixIsolation = Check(
+    name: "a service never sees a service whose name extends its own",
+    registries: 1
+  ) {
+    registries,
+    service in
     let registry = registries[0]
     let longer = service + "-server"
     let recorder = WatchRecorder(registry.watch(service))
@@ -190,31 +229,39 @@ public enum RegistryConformance {
     try await registry.deregister(service: longer, address: "127.0.0.1:9001")
   }
 
-  static let concurrentRegistrations = Check(name: "concurrent registrations from many tasks are all visible", registries: 2) {
-    registries, service in
+  static let concurrentRegistrations = Check(
+    name: "concurrent registrations from many tasks are all visible",
+    registries: 2
+  ) {
+    registries,
+    service in
     let recorder = WatchRecorder(registries[1].watch(service))
     defer { recorder.cancel() }
     try await recorder.waitUntil("the first snapshot arrives") { !$0.isEmpty }
     let writer = registries[0]
     try await withThrowingTaskGroup(of: Void.self) { group in
-      for port in 10_000..<10_050 {
+      for port in 10_000 ..< 10_050 {
         group.addTask { try await writer.register(instance(service, port, weight: port % 5)) }
       }
       try await group.waitForAll()
     }
-    let expected = (10_000..<10_050).map { "127.0.0.1:\($0)" }.sorted()
+    let expected = (10_000 ..< 10_050).map { "127.0.0.1:\($0)" }.sorted()
     #expect(try await writer.instances(of: service).map(\.address) == expected)
     try await recorder.waitForAddresses(expected, within: .seconds(10))
   }
 
-  static let manyWatchers = Check(name: "twenty watchers all converge to the same set", registries: 2) {
-    registries, service in
-    let recorders = (0..<20).map { _ in WatchRecorder(registries[1].watch(service)) }
+  static let manyWatchers = Check(
+    name: "twenty watchers all converge to the same set",
+    registries: 2
+  ) {
+    registries,
+    service in
+    let recorders = (0 ..< 20).map { _ in WatchRecorder(registries[1].watch(service)) }
     defer { recorders.forEach { $0.cancel() } }
     for recorder in recorders {
       try await recorder.waitUntil("the first snapshot arrives") { !$0.isEmpty }
     }
-    for port in 9001...9005 { try await registries[0].register(instance(service, port)) }
+    for port in 9001 ... 9005 { try await registries[0].register(instance(service, port)) }
     try await registries[0].deregister(service: service, address: "127.0.0.1:9003")
     let expected = ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9004", "127.0.0.1:9005"]
     for recorder in recorders {
@@ -224,8 +271,12 @@ public enum RegistryConformance {
     #expect(sequences.count == 1, "every watcher sees the same changes in the same order")
   }
 
-  static let cancellationEndsWatch = Check(name: "cancelling the watching task ends the watch", registries: 1) {
-    registries, service in
+  static let cancellationEndsWatch = Check(
+    name: "cancelling the watching task ends the watch",
+    registries: 1
+  ) {
+    registries,
+    service in
     let registry = registries[0]
     let started = Mutex(false)
     let task = Task {
@@ -247,14 +298,20 @@ public enum RegistryConformance {
     waiter.cancel()
   }
 
-  static let shutdownRemovesEverything = Check(name: "shutdown removes every registration and refuses more work", registries: 2) {
-    registries, service in
+  static let shutdownRemovesEverything = Check(
+    name: "shutdown removes every registration and refuses more work",
+    registries: 2
+  ) {
+    registries,
+    service in
     let (leaving, staying) = (registries[0], registries[1])
     try await staying.register(instance(service, 9000))
-    for port in 9001...9003 { try await leaving.register(instance(service, port)) }
+    for port in 9001 ... 9003 { try await leaving.register(instance(service, port)) }
     let recorder = WatchRecorder(staying.watch(service))
     defer { recorder.cancel() }
-    try await recorder.waitForAddresses(["127.0.0.1:9000", "127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"])
+    try await recorder.waitForAddresses([
+      "127.0.0.1:9000", "127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003",
+    ])
     await leaving.shutdown()
     try await recorder.waitForAddresses(["127.0.0.1:9000"])
     #expect(try await staying.instances(of: service).map(\.address) == ["127.0.0.1:9000"])
@@ -269,8 +326,12 @@ public enum RegistryConformance {
     #expect(try await staying.instances(of: service).map(\.address) == ["127.0.0.1:9000"])
   }
 
-  static let validationErrors = Check(name: "invalid instances are refused with a typed error and nothing is written", registries: 1) {
-    registries, service in
+  static let validationErrors = Check(
+    name: "invalid instances are refused with a typed error and nothing is written",
+    registries: 1
+  ) {
+    registries,
+    service in
     let registry = registries[0]
     let bad: [(ServiceInstance, String)] = [
       (ServiceInstance(name: "", address: "127.0.0.1:80"), "name"),

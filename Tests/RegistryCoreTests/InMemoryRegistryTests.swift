@@ -8,7 +8,7 @@ struct InMemoryRegistryTests {
   func conformance(_ check: RegistryConformance.Check) async throws {
     try await check.run { count in
       let first = InMemoryRegistry()
-      return [first] + (1..<count).map { _ in InMemoryRegistry(sharing: first) }
+      return [first] + (1 ..< count).map { _ in InMemoryRegistry(sharing: first) }
     }
   }
 
@@ -52,7 +52,10 @@ struct InMemoryRegistryTests {
   func shortTTL() throws {
     let registry = InMemoryRegistry()
     #expect(throws: RegistryError.self) {
-      try registry.register(ServiceInstance(name: "svc", address: "127.0.0.1:1"), ttl: .milliseconds(1))
+      try registry.register(
+        ServiceInstance(name: "svc", address: "127.0.0.1:1"),
+        ttl: .milliseconds(1)
+      )
     }
   }
 

@@ -5,7 +5,12 @@ import Testing
 struct InstanceCodecTests {
   @Test("the JSON codec writes exactly what Go's encoding/json writes")
   func goBytes() {
-    let instance = ServiceInstance(name: "user-server", address: "10.0.0.7:8082", weight: 3, group: "A")
+    let instance = ServiceInstance(
+      name: "user-server",
+      address: "10.0.0.7:8082",
+      weight: 3,
+      group: "A"
+    )
     let bytes = InstanceCodec.json.encode(instance)
     #expect(
       String(decoding: bytes, as: UTF8.self)
@@ -47,7 +52,11 @@ struct InstanceCodecTests {
   @Test("a Go value with unknown fields decodes; missing fields come from the key")
   func unknownFields() throws {
     let value = #"{"Address":"10.0.0.1:80","Weight":2,"Extra":{"nested":[1,2]},"Zone":"x"}"#
-    let decoded = try InstanceCodec.json.decode(Array(value.utf8), service: "svc", address: "10.0.0.1:80")
+    let decoded = try InstanceCodec.json.decode(
+      Array(value.utf8),
+      service: "svc",
+      address: "10.0.0.1:80"
+    )
     #expect(decoded == ServiceInstance(name: "svc", address: "10.0.0.1:80", weight: 2))
   }
 
@@ -57,7 +66,11 @@ struct InstanceCodecTests {
     let text = String(decoding: InstanceCodec.etcdNaming.encode(instance), as: UTF8.self)
     #expect(text == #"{"Op":0,"Addr":"10.0.0.1:80","Metadata":{"Weight":2,"Group":"A"}}"#)
     let foreign = #"{"Op":0,"Addr":"10.0.0.2:80","Metadata":"opaque"}"#
-    let decoded = try InstanceCodec.etcdNaming.decode(Array(foreign.utf8), service: "svc", address: "10.0.0.2:80")
+    let decoded = try InstanceCodec.etcdNaming.decode(
+      Array(foreign.utf8),
+      service: "svc",
+      address: "10.0.0.2:80"
+    )
     #expect(decoded == ServiceInstance(name: "svc", address: "10.0.0.2:80", weight: 0))
   }
 

@@ -7,8 +7,10 @@ struct ValidationTests {
     "valid addresses parse",
     arguments: [
       ("10.0.0.7:8082", "10.0.0.7", 8082, false), ("[::1]:80", "::1", 80, true),
-      ("[fd00::7]:65535", "fd00::7", 65535, true), ("user-1.internal:1", "user-1.internal", 1, false),
-      ("localhost:8080", "localhost", 8080, false), ("[::ffff:10.0.0.1]:9", "::ffff:10.0.0.1", 9, true),
+      ("[fd00::7]:65535", "fd00::7", 65535, true),
+      ("user-1.internal:1", "user-1.internal", 1, false),
+      ("localhost:8080", "localhost", 8080, false),
+      ("[::ffff:10.0.0.1]:9", "::ffff:10.0.0.1", 9, true),
     ]
   )
   func validAddresses(_ text: String, _ host: String, _ port: Int, _ isIPv6: Bool) throws {
@@ -23,7 +25,8 @@ struct ValidationTests {
     "invalid addresses are refused with a reason",
     arguments: [
       "", "host", ":80", "host:", "host:0", "host:65536", "host:-1", "host:8o", "::1:80", "[::1]80",
-      "[::1:80", "[zz::1]:80", "300.1.1.1:80", "bad host:80", "-host:80", "a..b:80", "[1:2:3:4:5:6:7:8:9]:80",
+      "[::1:80", "[zz::1]:80", "300.1.1.1:80", "bad host:80", "-host:80", "a..b:80",
+      "[1:2:3:4:5:6:7:8:9]:80",
     ]
   )
   func invalidAddresses(_ text: String) {
@@ -37,7 +40,10 @@ struct ValidationTests {
     }
   }
 
-  @Test("unspecified hosts are refused with advice", arguments: ["0.0.0.0:80", "[::]:80", "[0:0::0]:80"])
+  @Test(
+    "unspecified hosts are refused with advice",
+    arguments: ["0.0.0.0:80", "[::]:80", "[0:0::0]:80"]
+  )
   func unspecified(_ address: String) {
     do {
       try ServiceInstance(name: "svc", address: address).validate()
@@ -48,13 +54,19 @@ struct ValidationTests {
     }
   }
 
-  @Test("service names follow the rule", arguments: [
-    ("user-server", true), ("a", true), ("v1.users_api", true), ("", false), ("a/b", false),
-    ("a b", false), (String(repeating: "x", count: 253), true), (String(repeating: "x", count: 254), false),
-    ("ünicode", false),
-  ])
+  @Test(
+    "service names follow the rule",
+    arguments: [
+      ("user-server", true), ("a", true), ("v1.users_api", true), ("", false), ("a/b", false),
+      ("a b", false), (String(repeating: "x", count: 253), true),
+      (String(repeating: "x", count: 254), false),
+      ("ünicode", false),
+    ]
+  )
   func names(_ name: String, _ valid: Bool) {
-    let result = Result { () throws(RegistryError) in try ServiceInstance.validate(serviceName: name) }
+    let result = Result { () throws(RegistryError) in
+      try ServiceInstance.validate(serviceName: name)
+    }
     switch result {
     case .success: #expect(valid, "'\(name)' should be refused")
     case .failure(let error):
@@ -69,7 +81,7 @@ struct ValidationTests {
     var tooHeavy = base
     tooHeavy.weight = ServiceInstance.Limits.maximumWeight + 1
     var tooMuchMetadata = base
-    tooMuchMetadata.metadata = Dictionary(uniqueKeysWithValues: (0...64).map { ("k\($0)", "v") })
+    tooMuchMetadata.metadata = Dictionary(uniqueKeysWithValues: (0 ... 64).map { ("k\($0)", "v") })
     var longValue = base
     longValue.metadata = ["k": String(repeating: "v", count: 4097)]
     var emptyKey = base
@@ -89,7 +101,10 @@ struct ValidationTests {
   @Test("keys: layout, trailing slash for listing, parsing")
   func keys() throws {
     let keyspace = RegistryKeyspace.default
-    #expect(keyspace.key(service: "user-server", address: "10.0.0.7:8082") == "/micro/user-server/10.0.0.7:8082")
+    #expect(
+      keyspace.key(service: "user-server", address: "10.0.0.7:8082")
+        == "/micro/user-server/10.0.0.7:8082"
+    )
     #expect(keyspace.servicePrefix("user") == "/micro/user/")
     #expect(!"/micro/user-server/1.2.3.4:5".hasPrefix(keyspace.servicePrefix("user")))
     let parsed = try #require(keyspace.parse("/micro/user-server/[::1]:80"))
@@ -98,7 +113,9 @@ struct ValidationTests {
     #expect(keyspace.parse("/other/user-server/1.2.3.4:5") == nil)
     #expect(keyspace.parse("/micro/user-server") == nil)
     #expect(try RegistryKeyspace(prefix: "services/").prefix == "/services")
-    #expect(try RegistryKeyspace(prefix: "/a/b//").key(service: "s", address: "h:1") == "/a/b/s/h:1")
+    #expect(
+      try RegistryKeyspace(prefix: "/a/b//").key(service: "s", address: "h:1") == "/a/b/s/h:1"
+    )
     #expect(throws: RegistryError.self) { try RegistryKeyspace(prefix: "has space") }
   }
 
@@ -110,7 +127,11 @@ struct ValidationTests {
     let c = ServiceInstance(name: "s", address: "h:3")
     let old = RegistrySnapshot(service: "s", instances: [a, b], revision: 4)
     let new = RegistrySnapshot(service: "s", instances: [b2, c], revision: 9)
-    #expect(old.changes(to: new) == [.removed(a, revision: 9), .updated(b2, revision: 9), .added(c, revision: 9)])
+    #expect(
+      old.changes(to: new) == [
+        .removed(a, revision: 9), .updated(b2, revision: 9), .added(c, revision: 9),
+      ]
+    )
     var applied = old
     for event in old.changes(to: new) { applied = applied.applying(event) }
     #expect(applied == new)
