@@ -125,11 +125,12 @@ public final class EtcdCluster: Sendable {
         ]
         if options.unsafeNoFsync { arguments.append("--unsafe-no-fsync") }
         if let certificates {
-          arguments += [
-            "--cert-file", certificates.serverCertificate, "--key-file", certificates.serverKey,
-            "--trusted-ca-file", certificates.caCertificate,
-          ]
-          if options.clientCertificateAuth { arguments.append("--client-cert-auth") }
+          arguments += ["--cert-file", certificates.serverCertificate, "--key-file", certificates.serverKey]
+          // etcd 3.4 verifies client certificates whenever it has a trusted CA file, so the CA
+          // is only given for mutual TLS.
+          if options.clientCertificateAuth {
+            arguments += ["--trusted-ca-file", certificates.caCertificate, "--client-cert-auth"]
+          }
         }
         if let ttl = options.authTokenTTL { arguments += ["--auth-token-ttl", "\(ttl)"] }
         return arguments + options.extraArguments

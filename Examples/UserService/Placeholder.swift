@@ -1,1 +1,0 @@
-// Placeholder: generated code lands here.
