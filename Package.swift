@@ -1,10 +1,12 @@
-// swift-tools-version: 6.1
+// swift-tools-version: 6.2
 import PackageDescription
 
 let strictSettings: [SwiftSetting] = [
   .swiftLanguageMode(.v6),
   .enableUpcomingFeature("ExistentialAny"),
   .enableUpcomingFeature("InternalImportsByDefault"),
+  // Warnings are bugs: the build fails on them, locally and in CI.
+  .treatAllWarnings(as: .error),
 ]
 
 let package = Package(
@@ -19,6 +21,8 @@ let package = Package(
     .library(name: "GRPCRegistry", targets: ["GRPCRegistry"]),
     .library(name: "EtcdHarness", targets: ["EtcdHarness"]),
     .executable(name: "registry-demo", targets: ["registry-demo"]),
+    .executable(name: "user-server", targets: ["user-server"]),
+    .executable(name: "user-client", targets: ["user-client"]),
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
@@ -125,10 +129,44 @@ let package = Package(
       name: "registry-demo",
       dependencies: [
         "RegistryCore",
+        "EtcdRegistry",
+        "GRPCRegistry",
+        "UserService",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "Logging", package: "swift-log"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
       ],
       path: "Examples/registry-demo",
+      swiftSettings: strictSettings
+    ),
+    .executableTarget(
+      name: "user-server",
+      dependencies: [
+        "RegistryCore",
+        "EtcdRegistry",
+        "GRPCRegistry",
+        "UserService",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+      ],
+      path: "Examples/user-server",
+      swiftSettings: strictSettings
+    ),
+    .executableTarget(
+      name: "user-client",
+      dependencies: [
+        "RegistryCore",
+        "EtcdRegistry",
+        "GRPCRegistry",
+        "UserService",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "Logging", package: "swift-log"),
+      ],
+      path: "Examples/user-client",
       swiftSettings: strictSettings
     ),
     .testTarget(
@@ -144,6 +182,21 @@ let package = Package(
         .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
+      ],
+      swiftSettings: strictSettings
+    ),
+    .testTarget(
+      name: "GRPCRegistryTests",
+      dependencies: [
+        "GRPCRegistry",
+        "GRPCConnection",
+        "RegistryCore",
+        "RegistryTesting",
+        "UserService",
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        .product(name: "Logging", package: "swift-log"),
       ],
       swiftSettings: strictSettings
     ),

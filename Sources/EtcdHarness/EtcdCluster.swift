@@ -95,8 +95,10 @@ public final class EtcdCluster: Sendable {
       options.tls ? try await TestCertificates.generate(in: "\(root)/tls") : nil
     let scheme = options.tls ? "https" : "http"
     let token = "harness-\(UUID().uuidString.prefix(8))"
-    var ports: [(client: Int, peer: Int)] = []
-    for _ in 0 ..< options.members { ports.append((try FreePorts.next(), try FreePorts.next())) }
+    var ports: [(client: Int, peer: Int, admin: Int)] = []
+    for _ in 0 ..< options.members {
+      ports.append((try FreePorts.next(), try FreePorts.next(), try FreePorts.next()))
+    }
     let initialCluster = ports.enumerated()
       .map { "m\($0.offset)=http://127.0.0.1:\($0.element.peer)" }
       .joined(separator: ",")
@@ -108,12 +110,15 @@ public final class EtcdCluster: Sendable {
         name: name,
         clientPort: port.client,
         peerPort: port.peer,
+        adminPort: port.admin,
         root: root,
         scheme: scheme
-      ) {
+      ) { isolated in
+        let admin = "\(scheme)://127.0.0.1:\(port.admin)"
+        let client = "\(scheme)://127.0.0.1:\(port.client)"
         var arguments = [
           "--name", name, "--data-dir", dataDirectory,
-          "--listen-client-urls", "\(scheme)://127.0.0.1:\(port.client)",
+          "--listen-client-urls", isolated ? admin : "\(client),\(admin)",
           "--advertise-client-urls", "\(scheme)://127.0.0.1:\(port.client)",
           "--listen-peer-urls", "http://127.0.0.1:\(port.peer)",
           "--initial-advertise-peer-urls", "http://127.0.0.1:\(port.peer)",
@@ -125,7 +130,9 @@ public final class EtcdCluster: Sendable {
         ]
         if options.unsafeNoFsync { arguments.append("--unsafe-no-fsync") }
         if let certificates {
-          arguments += ["--cert-file", certificates.serverCertificate, "--key-file", certificates.serverKey]
+          arguments += [
+            "--cert-file", certificates.serverCertificate, "--key-file", certificates.serverKey,
+          ]
           // etcd 3.4 verifies client certificates whenever it has a trusted CA file, so the CA
           // is only given for mutual TLS.
           if options.clientCertificateAuth {
@@ -169,7 +176,7 @@ public final class EtcdCluster: Sendable {
       }
       let output = try await self.etcdctlOutput(
         ["endpoint", "health", "--command-timeout=1s"],
-        endpoints: [member.endpoint]
+        endpoints: [member.adminEndpoint]
       )
       if output.status == 0 { return }
       last = output.stderr + output.stdout
@@ -181,6 +188,8 @@ public final class EtcdCluster: Sendable {
   }
 
   /// Runs `etcdctl` against the cluster (TLS and credentials filled in) and returns its output.
+  /// By default it talks to every member's admin port, which stays open while clients are
+  /// isolated.
   ///
   /// - Throws: ``HarnessError`` when etcdctl exits with an error, with what it printed.
   @discardableResult
@@ -195,7 +204,8 @@ public final class EtcdCluster: Sendable {
   }
 
   func etcdctlOutput(_ arguments: [String], endpoints: [String]?) async throws -> Command.Output {
-    var flags = ["--endpoints=\((endpoints ?? self.endpoints).joined(separator: ","))"]
+    let targets = endpoints ?? self.members.map(\.adminEndpoint)
+    var flags = ["--endpoints=\(targets.joined(separator: ","))"]
     if let certificates = self.certificates {
       flags += ["--cacert=\(certificates.caCertificate)"]
       if self.options.clientCertificateAuth {
@@ -214,12 +224,14 @@ public final class EtcdCluster: Sendable {
     // `-w simple` prints one line per endpoint; the fifth column says whether it leads.
     let output = try await self.etcdctlOutput(
       ["endpoint", "status", "-w", "simple", "--command-timeout=2s"],
-      endpoints: running.map(\.endpoint)
+      endpoints: running.map(\.adminEndpoint)
     )
     for line in output.stdout.split(separator: "\n") {
       let columns = line.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
       guard columns.count > 4, columns[4] == "true" else { continue }
-      if let member = running.first(where: { columns[0].hasSuffix($0.endpoint) }) { return member }
+      if let member = running.first(where: { columns[0].hasSuffix($0.adminEndpoint) }) {
+        return member
+      }
     }
     throw HarnessError("no member reports itself leader: \(output.stdout)\(output.stderr)")
   }

@@ -12,26 +12,32 @@ public final class EtcdMember: Sendable {
   public let clientPort: Int
   /// The peer port on 127.0.0.1.
   public let peerPort: Int
+  /// A second client port that stays open while clients are isolated; the harness's own
+  /// etcdctl calls use it.
+  public let adminPort: Int
   /// The data directory.
   public let dataDirectory: String
   /// The file etcd's output goes to.
   public let logFile: String
 
   let scheme: String
-  let arguments: @Sendable () -> [String]
+  let arguments: @Sendable (_ isolated: Bool) -> [String]
   private let process = Mutex<Process?>(nil)
+  private let isolated = Mutex(false)
 
   init(
     name: String,
     clientPort: Int,
     peerPort: Int,
+    adminPort: Int,
     root: String,
     scheme: String,
-    arguments: @escaping @Sendable () -> [String]
+    arguments: @escaping @Sendable (_ isolated: Bool) -> [String]
   ) {
     self.name = name
     self.clientPort = clientPort
     self.peerPort = peerPort
+    self.adminPort = adminPort
     self.dataDirectory = "\(root)/\(name).etcd"
     self.logFile = "\(root)/\(name).log"
     self.scheme = scheme
@@ -40,6 +46,8 @@ public final class EtcdMember: Sendable {
 
   /// `127.0.0.1:<clientPort>`, the endpoint clients dial.
   public var endpoint: String { "127.0.0.1:\(self.clientPort)" }
+  /// `127.0.0.1:<adminPort>`, the endpoint that stays reachable while clients are isolated.
+  public var adminEndpoint: String { "127.0.0.1:\(self.adminPort)" }
   /// The client URL, `http://…` or `https://…`.
   public var clientURL: String { "\(self.scheme)://127.0.0.1:\(self.clientPort)" }
   /// The peer URL.
@@ -60,7 +68,7 @@ public final class EtcdMember: Sendable {
     guard let etcd = Command.locate("etcd") else { throw HarnessError.missing("etcd") }
     let process = Process()
     process.executableURL = URL(fileURLWithPath: etcd)
-    process.arguments = self.arguments()
+    process.arguments = self.arguments(self.isolated.withLock { $0 })
     process.standardInput = FileHandle.nullDevice
     if !FileManager.default.fileExists(atPath: self.logFile) {
       _ = FileManager.default.createFile(atPath: self.logFile, contents: nil)
@@ -98,8 +106,11 @@ public final class EtcdMember: Sendable {
   ///
   /// - Parameter wipeData: Remove the data directory first, so the member comes back empty (only
   ///   meaningful for a single-node cluster: a wiped member cannot rejoin a cluster).
-  public func restart(wipeData: Bool = false) async throws {
+  /// - Parameter isolateClients: Serve only the admin port, so clients of ``endpoint`` cannot
+  ///   reach this member while it keeps working (a partition between them and etcd).
+  public func restart(wipeData: Bool = false, isolateClients: Bool = false) async throws {
     if self.isRunning { await self.stop() }
+    self.isolated.withLock { $0 = isolateClients }
     if wipeData { try? FileManager.default.removeItem(atPath: self.dataDirectory) }
     try self.launch()
   }

@@ -95,7 +95,7 @@ extension RegistryError {
     RegistryError(code: .invalidArgument, message: message, field: field)
   }
 
-  static func shutDown(_ operation: String) -> Self {
+  package static func shutDown(_ operation: String) -> Self {
     RegistryError(
       code: .shutdown,
       message: "cannot \(operation): the registry has been shut down; create a new registry"

@@ -5,6 +5,11 @@ import Synchronization
 public struct WaitTimeoutError: Error, CustomStringConvertible {
   /// What was being waited for.
   public var description: String
+
+  /// Creates the error.
+  public init(description: String) {
+    self.description = description
+  }
 }
 
 /// Polls `condition` until it holds or `within` has passed; never a bare sleep as

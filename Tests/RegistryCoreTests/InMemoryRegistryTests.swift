@@ -17,13 +17,10 @@ struct InMemoryRegistryTests {
     let registry = InMemoryRegistry()
     let kept = ServiceInstance(name: "svc", address: "127.0.0.1:9001")
     let crashed = ServiceInstance(name: "svc", address: "127.0.0.1:9002")
-    try registry.register(kept, ttl: .milliseconds(300))
-    try registry.register(crashed, ttl: .milliseconds(300))
-    let recorder = WatchRecorder(registry.watch("svc"))
-    defer { recorder.cancel() }
-    try await recorder.waitForAddresses(["127.0.0.1:9001", "127.0.0.1:9002"])
-
-    // Keep one alive for well past its TTL; the other expires.
+    // The kept registration is renewed every 50 ms against a 1 s TTL: generous enough for a
+    // loaded CI machine, while the other one is never renewed and must expire.
+    try registry.register(kept, ttl: .seconds(1))
+    try registry.register(crashed, ttl: .seconds(1))
     let keeper = Task {
       while !Task.isCancelled {
         try registry.keepAlive(service: "svc", address: "127.0.0.1:9001")
@@ -31,7 +28,10 @@ struct InMemoryRegistryTests {
       }
     }
     defer { keeper.cancel() }
-    try await recorder.waitForAddresses(["127.0.0.1:9001"], within: .seconds(3))
+    let recorder = WatchRecorder(registry.watch("svc"))
+    defer { recorder.cancel() }
+    try await recorder.waitUntil("the first snapshot arrives") { !$0.isEmpty }
+    try await recorder.waitForAddresses(["127.0.0.1:9001"], within: .seconds(10))
     guard case .removed(let removed, _) = recorder.events.last else {
       Issue.record("the last event is not a removal: \(recorder.events)")
       return

@@ -1,0 +1,154 @@
+extension EtcdClient {
+  /// How an ``EtcdClient`` connects: endpoints, timeouts, TLS and credentials.
+  ///
+  /// ```swift
+  /// let configuration = EtcdClient.Configuration.defaults {
+  ///   $0.endpoints = ["10.0.0.1:2379", "10.0.0.2:2379", "10.0.0.3:2379"]
+  ///   $0.credentials = .init(username: "registry", password: secret)
+  /// }
+  /// ```
+  public struct Configuration: Sendable {
+    /// The members to talk to, `host:port` each. The client uses one at a time and fails over to
+    /// the next when it is down or has no leader.
+    public var endpoints: [String]
+    /// How long establishing a connection to one endpoint may take.
+    public var connectTimeout: Duration
+    /// The deadline of each unary request, failovers included.
+    public var requestTimeout: Duration
+    /// HTTP/2 keep-alive pings on idle connections, so a dead peer is noticed; `nil` for none.
+    public var keepAliveInterval: Duration?
+    /// How long a keep-alive ping may go unanswered before the connection is closed.
+    public var keepAliveTimeout: Duration
+    /// TLS towards etcd; `nil` for plain TCP.
+    public var tls: TLS?
+    /// User name and password, when etcd has auth enabled.
+    public var credentials: Credentials?
+    /// Backoff between retries of requests, reconnections of the watch and keep-alive streams,
+    /// and connection attempts to an endpoint. Kept short by default: etcd is the cluster's
+    /// address book, and registrations should be back within a second or two of its return.
+    public var retryBackoff: Backoff
+
+    /// A local etcd at `127.0.0.1:2379`, 5 s timeouts, no TLS, no auth.
+    public static var defaults: Self {
+      Self(
+        endpoints: ["127.0.0.1:2379"],
+        connectTimeout: .seconds(5),
+        requestTimeout: .seconds(5),
+        keepAliveInterval: .seconds(10),
+        keepAliveTimeout: .seconds(5),
+        tls: nil,
+        credentials: nil,
+        retryBackoff: .defaults
+      )
+    }
+
+    /// The defaults, changed by `configure`.
+    public static func defaults(_ configure: (inout Self) -> Void) -> Self {
+      var configuration = Self.defaults
+      configure(&configuration)
+      return configuration
+    }
+
+    /// Creates a configuration.
+    public init(
+      endpoints: [String],
+      connectTimeout: Duration,
+      requestTimeout: Duration,
+      keepAliveInterval: Duration?,
+      keepAliveTimeout: Duration,
+      tls: TLS?,
+      credentials: Credentials?,
+      retryBackoff: Backoff
+    ) {
+      self.endpoints = endpoints
+      self.connectTimeout = connectTimeout
+      self.requestTimeout = requestTimeout
+      self.keepAliveInterval = keepAliveInterval
+      self.keepAliveTimeout = keepAliveTimeout
+      self.tls = tls
+      self.credentials = credentials
+      self.retryBackoff = retryBackoff
+    }
+  }
+
+  /// TLS towards etcd: the CA to trust and, for mutual TLS, a client certificate.
+  public struct TLS: Sendable, Hashable {
+    /// PEM file of the CA certificate(s) that signed etcd's certificate; `nil` for the system's.
+    public var caCertificatePath: String?
+    /// PEM file of the client certificate, for mutual TLS.
+    public var clientCertificatePath: String?
+    /// PEM file of the client certificate's private key.
+    public var clientKeyPath: String?
+    /// The name to verify etcd's certificate against, when it differs from the endpoint host.
+    public var serverName: String?
+
+    /// Creates a TLS configuration.
+    public init(
+      caCertificatePath: String? = nil,
+      clientCertificatePath: String? = nil,
+      clientKeyPath: String? = nil,
+      serverName: String? = nil
+    ) {
+      self.caCertificatePath = caCertificatePath
+      self.clientCertificatePath = clientCertificatePath
+      self.clientKeyPath = clientKeyPath
+      self.serverName = serverName
+    }
+  }
+
+  /// A user name and password for etcd's auth.
+  public struct Credentials: Sendable, Hashable {
+    /// The etcd user.
+    public var username: String
+    /// The user's password.
+    public var password: String
+
+    /// Creates credentials.
+    public init(username: String, password: String) {
+      self.username = username
+      self.password = password
+    }
+  }
+
+  /// Exponential backoff with jitter.
+  public struct Backoff: Sendable, Hashable {
+    /// The first delay.
+    public var initial: Duration
+    /// The largest delay.
+    public var maximum: Duration
+    /// The factor between consecutive delays.
+    public var multiplier: Double
+    /// The fraction of each delay that is randomised (0 to 1), so clients do not retry in step.
+    public var jitter: Double
+
+    /// 50 ms doubling to 1 s, ±20 %.
+    public static var defaults: Self {
+      Self(initial: .milliseconds(50), maximum: .seconds(1), multiplier: 2, jitter: 0.2)
+    }
+
+    /// Creates a backoff.
+    public init(initial: Duration, maximum: Duration, multiplier: Double, jitter: Double) {
+      self.initial = initial
+      self.maximum = maximum
+      self.multiplier = multiplier
+      self.jitter = jitter
+    }
+
+    /// The delay before attempt `attempt` (0-based).
+    public func delay(attempt: Int) -> Duration {
+      let base = self.initial * pow2(self.multiplier, attempt)
+      let capped = min(base, self.maximum)
+      let spread = Double.random(in: (1 - self.jitter) ... (1 + self.jitter))
+      return capped * spread
+    }
+
+    private func pow2(_ multiplier: Double, _ exponent: Int) -> Double {
+      var result = 1.0
+      for _ in 0 ..< min(exponent, 64) {
+        result *= multiplier
+        if result > 1e9 { break }
+      }
+      return result
+    }
+  }
+}

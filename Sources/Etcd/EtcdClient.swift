@@ -1,0 +1,306 @@
+import GRPCConnection
+import GRPCCore
+public import Logging
+public import ServiceLifecycle
+import Synchronization
+
+/// A client for etcd's v3 API: KV, transactions, leases with keep-alive, watches, auth and
+/// cluster status.
+///
+/// It runs on the project's own HTTP/2 connection (``GRPCConnection``), which stays connected to
+/// etcd's grpc-go server however many calls it makes. One connection per endpoint; requests go to
+/// one endpoint and fail over to the next when it is down or has no leader. Watches share one
+/// stream and lease keep-alives another; both reconnect by themselves and resume where they were.
+///
+/// Run it for its lifetime, either scoped:
+///
+/// ```swift
+/// try await withEtcdClient(configuration: .defaults, logger: logger) { etcd in
+///   try await etcd.put("/greeting", value: "hello")
+/// }
+/// ```
+///
+/// or as a swift-service-lifecycle `Service` in a `ServiceGroup` (``run()`` and
+/// ``beginGracefulShutdown()``).
+public final class EtcdClient: Service, Sendable {
+  /// The configuration the client was made with.
+  public let configuration: Configuration
+  let logger: Logger
+  let endpoints: [Endpoint]
+  private let preferredEndpoint = Atomic<Int>(0)
+  let auth: AuthTokens
+  let watches: WatchMultiplexer
+  let keepAlives: LeaseKeepAliveLoop
+  let shutdownSignal = ShutdownSignal()
+
+  /// Creates a client. Nothing connects until ``run()``.
+  ///
+  /// - Throws: ``EtcdError`` (`invalidArgument`) when an endpoint is not `host:port` or the list
+  ///   is empty.
+  public init(configuration: Configuration, logger: Logger) throws(EtcdError) {
+    guard !configuration.endpoints.isEmpty else {
+      throw EtcdError(
+        code: .invalidArgument,
+        message: "no etcd endpoints configured; pass at least one host:port, such as 127.0.0.1:2379"
+      )
+    }
+    self.configuration = configuration
+    self.logger = logger
+    var endpoints: [Endpoint] = []
+    for address in configuration.endpoints {
+      endpoints.append(try Endpoint(address: address, configuration: configuration, logger: logger))
+    }
+    self.endpoints = endpoints
+    self.auth = AuthTokens(credentials: configuration.credentials)
+    self.watches = WatchMultiplexer(logger: logger)
+    self.keepAlives = LeaseKeepAliveLoop(logger: logger)
+  }
+
+  /// Runs the connections, the watch stream and the keep-alive stream until
+  /// ``beginGracefulShutdown()`` (or the task is cancelled).
+  public func run() async throws {
+    try await withGracefulShutdownHandler {
+      try await withThrowingDiscardingTaskGroup { group in
+        for endpoint in self.endpoints {
+          group.addTask { try await endpoint.client.runConnections() }
+        }
+        group.addTask { await self.watches.run(client: self) }
+        group.addTask { await self.keepAlives.run(client: self) }
+        group.addTask {
+          await self.shutdownSignal.wait()
+          // Streams end first so the gRPC clients can finish their graceful shutdown.
+          await self.watches.stopped()
+          await self.keepAlives.stopped()
+          for endpoint in self.endpoints { endpoint.client.beginGracefulShutdown() }
+        }
+      }
+    } onGracefulShutdown: {
+      self.beginGracefulShutdown()
+    }
+  }
+
+  /// Ends watches and keep-alives, refuses new requests, and lets in-flight ones finish;
+  /// ``run()`` returns soon after.
+  public func beginGracefulShutdown() {
+    self.shutdownSignal.fire()
+    self.watches.shutdown()
+    self.keepAlives.shutdown()
+  }
+
+  var isShutDown: Bool { self.shutdownSignal.isFired }
+
+  /// The endpoint requests currently go to.
+  public var currentEndpoint: String {
+    self.endpoints[self.preferredEndpoint.load(ordering: .relaxed) % self.endpoints.count].address
+  }
+
+  /// Moves to the endpoint after `index`, unless another caller already moved on.
+  func failover(from index: Int) {
+    let next = (index + 1) % self.endpoints.count
+    if self.preferredEndpoint.compareExchange(expected: index, desired: next, ordering: .relaxed)
+      .exchanged,
+      self.endpoints.count > 1
+    {
+      self.logger.info(
+        "etcd endpoint failover",
+        metadata: [
+          "etcd.from": "\(self.endpoints[index].address)",
+          "etcd.to": "\(self.endpoints[next].address)",
+        ]
+      )
+    }
+  }
+
+  /// The index and endpoint requests should use now.
+  func pickEndpoint() -> (Int, Endpoint) {
+    let index = self.preferredEndpoint.load(ordering: .relaxed) % self.endpoints.count
+    return (index, self.endpoints[index])
+  }
+
+  /// Runs one unary request with the deadline, failover, and re-authentication rules.
+  ///
+  /// A request that fails as `unavailable` (endpoint down, no leader) moves to the next endpoint
+  /// and is tried again until the deadline; an expired auth token is renewed once and the
+  /// request tried again.
+  func unary<Result: Sendable>(
+    _ operation: String,
+    timeout: Duration? = nil,
+    authenticated: Bool = true,
+    _ body: (GRPCClient<HTTP2Connection>, Metadata, CallOptions) async throws -> Result
+  ) async throws -> Result {
+    guard !self.isShutDown else { throw EtcdError.shutDown() }
+    let timeout = timeout ?? self.configuration.requestTimeout
+    let deadline = ContinuousClock.now + timeout
+    var attempt = 0
+    var reauthenticated = false
+    while true {
+      let (index, endpoint) = self.pickEndpoint()
+      var options = CallOptions.defaults
+      options.timeout = max(deadline - ContinuousClock.now, .milliseconds(1))
+      do {
+        let metadata = authenticated ? try await self.auth.metadata(for: self) : [:]
+        do {
+          return try await body(endpoint.client, metadata, options)
+        } catch let error as RPCError
+          where error.code == .unauthenticated && authenticated && self.auth.isConfigured
+          && !reauthenticated
+        {
+          // The token expired (etcd's simple tokens live --auth-token-ttl): renew it once.
+          reauthenticated = true
+          self.auth.invalidate(metadata)
+          continue
+        }
+      } catch let error as RPCError {
+        let remaining = deadline - ContinuousClock.now
+        if Self.isRetryable(error), remaining > .zero, !self.isShutDown {
+          attempt += 1
+          self.failover(from: index)
+          self.logger.debug(
+            "etcd request retried",
+            metadata: [
+              "etcd.operation": "\(operation)", "etcd.endpoint": "\(endpoint.address)",
+              "etcd.attempt": "\(attempt)", "etcd.error": "\(error.message)",
+            ]
+          )
+          // After trying every endpoint once, back off before the next round.
+          if attempt % self.endpoints.count == 0 {
+            let delay = min(
+              self.configuration.retryBackoff.delay(attempt: attempt / self.endpoints.count - 1),
+              remaining
+            )
+            try await Task.sleep(for: delay)
+          }
+          continue
+        }
+        throw EtcdError(rpc: error, operation: operation, endpoint: endpoint.address)
+      }
+    }
+  }
+
+  static func isRetryable(_ error: RPCError) -> Bool {
+    switch error.code {
+    case .unavailable:
+      return true
+    case .unknown:
+      // etcd reports a leader change during a request this way; the request was not applied.
+      return error.message.contains("leader changed")
+    default:
+      return false
+    }
+  }
+}
+
+/// Runs an ``EtcdClient`` for the duration of `body` and shuts it down afterwards, whether
+/// `body` returns or throws.
+public func withEtcdClient<Result: Sendable>(
+  configuration: EtcdClient.Configuration,
+  logger: Logger,
+  _ body: (EtcdClient) async throws -> Result
+) async throws -> Result {
+  let client = try EtcdClient(configuration: configuration, logger: logger)
+  return try await withThrowingTaskGroup(of: Void.self) { group in
+    group.addTask { try await client.run() }
+    let result: Result
+    do {
+      result = try await body(client)
+    } catch {
+      client.beginGracefulShutdown()
+      try? await group.waitForAll()
+      throw error
+    }
+    client.beginGracefulShutdown()
+    try await group.waitForAll()
+    return result
+  }
+}
+
+/// One member endpoint: its connection and the gRPC client over it.
+final class Endpoint: Sendable {
+  let address: String
+  let connection: HTTP2Connection
+  let client: GRPCClient<HTTP2Connection>
+
+  init(address: String, configuration: EtcdClient.Configuration, logger: Logger) throws(EtcdError) {
+    guard let (host, port) = Self.split(address) else {
+      throw EtcdError(
+        code: .invalidArgument,
+        message:
+          "etcd endpoint '\(address)' is not host:port (such as 127.0.0.1:2379 or [::1]:2379); drop any http:// scheme"
+      )
+    }
+    self.address = address
+    var config = HTTP2Connection.Config.defaults
+    config.connectTimeout = configuration.connectTimeout
+    config.backoff = .init(
+      initial: configuration.retryBackoff.initial,
+      max: configuration.retryBackoff.maximum,
+      multiplier: configuration.retryBackoff.multiplier,
+      jitter: configuration.retryBackoff.jitter
+    )
+    if let interval = configuration.keepAliveInterval {
+      config.keepalive = .init(
+        interval: interval,
+        timeout: configuration.keepAliveTimeout,
+        permitWithoutCalls: true
+      )
+    }
+    if let tls = configuration.tls {
+      config.tls = .defaults {
+        if let ca = tls.caCertificatePath { $0.trustRoots = .certificates(.file(path: ca)) }
+        if let certificate = tls.clientCertificatePath {
+          $0.certificateChain = .file(path: certificate)
+        }
+        if let key = tls.clientKeyPath { $0.privateKey = .file(path: key) }
+        $0.serverHostname = tls.serverName
+      }
+    }
+    var endpointLogger = logger
+    endpointLogger[metadataKey: "etcd.endpoint"] = "\(address)"
+    self.connection = HTTP2Connection(
+      target: .host(host, port: port),
+      config: config,
+      logger: endpointLogger
+    )
+    self.client = GRPCClient(transport: self.connection)
+  }
+
+  static func split(_ address: String) -> (String, Int)? {
+    var text = Substring(address)
+    if text.hasPrefix("http://") || text.hasPrefix("https://") { return nil }
+    guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
+      (1 ... 65535).contains(port)
+    else { return nil }
+    text = text[..<colon]
+    if text.hasPrefix("["), text.hasSuffix("]") { text = text.dropFirst().dropLast() }
+    guard !text.isEmpty else { return nil }
+    return (String(text), port)
+  }
+}
+
+/// A one-shot signal that many tasks can wait for.
+final class ShutdownSignal: Sendable {
+  private let state = Mutex<(fired: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+
+  var isFired: Bool { self.state.withLock { $0.fired } }
+
+  func fire() {
+    let waiters = self.state.withLock { state in
+      if state.fired { return [CheckedContinuation<Void, Never>]() }
+      state.fired = true
+      defer { state.waiters = [] }
+      return state.waiters
+    }
+    for waiter in waiters { waiter.resume() }
+  }
+
+  func wait() async {
+    await withCheckedContinuation { continuation in
+      let fired = self.state.withLock { state in
+        if state.fired { return true }
+        state.waiters.append(continuation)
+        return false
+      }
+      if fired { continuation.resume() }
+    }
+  }
+}

@@ -1,0 +1,227 @@
+import GRPCCore
+import Logging
+import Synchronization
+
+/// Renews every lease of a client over one `LeaseKeepAlive` stream, reconnecting (with failover
+/// and backoff) whenever the stream breaks.
+final class LeaseKeepAliveLoop: Sendable {
+  private struct Registration {
+    var lease: Int64
+    var ttl: Duration
+    var nextSend: ContinuousClock.Instant
+    var lastRenewal: ContinuousClock.Instant
+    var reportedOverdue = false
+    var continuation: AsyncStream<EtcdLeaseKeepAliveEvent>.Continuation
+  }
+
+  private struct State {
+    var registrations: [UInt64: Registration] = [:]
+    var nextID: UInt64 = 0
+    var isShutDown = false
+    var streamsOpened = 0
+    var wake: CheckedContinuation<Void, Never>?
+  }
+
+  private let state = Mutex(State())
+  private let logger: Logger
+  private let shutdownSignal = ShutdownSignal()
+  private let stoppedSignal = ShutdownSignal()
+
+  init(logger: Logger) {
+    self.logger = logger
+  }
+
+  /// How many keep-alive streams have been opened (1 while nothing failed).
+  var streamsOpened: Int { self.state.withLock { $0.streamsOpened } }
+
+  func add(
+    lease: EtcdLease,
+    continuation: AsyncStream<EtcdLeaseKeepAliveEvent>.Continuation
+  ) -> UInt64 {
+    let now = ContinuousClock.now
+    let ttl = Duration.seconds(max(lease.ttl, 1))
+    let (id, wake) = self.state.withLock { state in
+      state.nextID += 1
+      state.registrations[state.nextID] = Registration(
+        lease: lease.id,
+        ttl: ttl,
+        nextSend: now + ttl / 3,
+        lastRenewal: now,
+        continuation: continuation
+      )
+      defer { state.wake = nil }
+      return (state.nextID, state.wake)
+    }
+    wake?.resume()
+    return id
+  }
+
+  func remove(_ id: UInt64) {
+    self.state.withLock { _ = $0.registrations.removeValue(forKey: id) }
+  }
+
+  func shutdown() {
+    let (registrations, wake) = self.state.withLock { state in
+      state.isShutDown = true
+      defer {
+        state.registrations = [:]
+        state.wake = nil
+      }
+      return (state.registrations.values.map(\.continuation), state.wake)
+    }
+    for continuation in registrations { continuation.finish() }
+    wake?.resume()
+    self.shutdownSignal.fire()
+  }
+
+  /// Waits until ``run(client:)`` has returned.
+  func stopped() async {
+    await self.stoppedSignal.wait()
+  }
+
+  func run(client: EtcdClient) async {
+    defer { self.stoppedSignal.fire() }
+    await withTaskGroup(of: Void.self) { group in
+      group.addTask { await self.loop(client: client) }
+      await self.shutdownSignal.wait()
+      group.cancelAll()
+    }
+  }
+
+  private func loop(client: EtcdClient) async {
+    var failures = 0
+    while !Task.isCancelled {
+      guard await self.waitForRegistrations() else { return }
+      let (index, endpoint) = client.pickEndpoint()
+      self.state.withLock { state in
+        state.streamsOpened += 1
+        // A new stream renews everything at once: after an outage, leases are confirmed (or
+        // found lost) as soon as etcd answers.
+        let now = ContinuousClock.now
+        for id in state.registrations.keys { state.registrations[id]?.nextSend = now }
+      }
+      do {
+        let metadata = try await client.auth.metadata(for: client)
+        let leases = Etcdserverpb_Lease.Client(wrapping: endpoint.client)
+        let request = StreamingClientRequest<Etcdserverpb_LeaseKeepAliveRequest>(metadata: metadata)
+        {
+          writer in
+          try await self.sendRenewals(writer)
+        }
+        try await leases.leaseKeepAlive(request: request) { response in
+          for try await message in response.messages {
+            self.handle(message)
+          }
+        }
+        if Task.isCancelled { return }
+        self.logger.debug(
+          "etcd keep-alive stream ended; reopening",
+          metadata: ["etcd.endpoint": "\(endpoint.address)"]
+        )
+      } catch {
+        if Task.isCancelled { return }
+        failures += 1
+        self.logger.info(
+          "etcd keep-alive stream failed",
+          metadata: [
+            "etcd.endpoint": "\(endpoint.address)", "etcd.error": "\(error)",
+            "etcd.attempt": "\(failures)",
+          ]
+        )
+        client.failover(from: index)
+        do {
+          try await Task.sleep(for: client.configuration.retryBackoff.delay(attempt: failures - 1))
+        } catch {
+          return
+        }
+        continue
+      }
+      failures = 0
+    }
+  }
+
+  /// Waits until at least one lease needs renewing; false on shutdown.
+  private func waitForRegistrations() async -> Bool {
+    while true {
+      if Task.isCancelled { return false }
+      let ready: Bool? = self.state.withLock { state in
+        if state.isShutDown { return false }
+        return state.registrations.isEmpty ? nil : true
+      }
+      if let ready { return ready }
+      await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+        let resumeNow = self.state.withLock { state in
+          if state.isShutDown || !state.registrations.isEmpty { return true }
+          state.wake = continuation
+          return false
+        }
+        if resumeNow { continuation.resume() }
+      }
+    }
+  }
+
+  /// Sends a renewal for every lease that is due, then sleeps until the next is due.
+  private func sendRenewals(_ writer: RPCWriter<Etcdserverpb_LeaseKeepAliveRequest>) async throws {
+    while !Task.isCancelled {
+      let now = ContinuousClock.now
+      let (due, overdue, next) = self.state.withLock { state in
+        var due = Set<Int64>()
+        var overdue: [AsyncStream<EtcdLeaseKeepAliveEvent>.Continuation] = []
+        var next = now + .milliseconds(500)
+        for (id, var registration) in state.registrations {
+          if registration.nextSend <= now {
+            due.insert(registration.lease)
+            // Try again after a third of the TTL if no answer comes.
+            registration.nextSend = now + registration.ttl / 3
+          }
+          if !registration.reportedOverdue, now - registration.lastRenewal > registration.ttl {
+            registration.reportedOverdue = true
+            overdue.append(registration.continuation)
+          }
+          next = min(next, registration.nextSend)
+          state.registrations[id] = registration
+        }
+        return (due, overdue, next)
+      }
+      for continuation in overdue { continuation.yield(.overdue) }
+      for lease in due {
+        var request = Etcdserverpb_LeaseKeepAliveRequest()
+        request.id = lease
+        try await writer.write(request)
+      }
+      try await Task.sleep(
+        until: max(next, ContinuousClock.now + .milliseconds(20)),
+        clock: .continuous
+      )
+    }
+  }
+
+  private func handle(_ response: Etcdserverpb_LeaseKeepAliveResponse) {
+    let now = ContinuousClock.now
+    let events = self.state.withLock { state in
+      var events: [(AsyncStream<EtcdLeaseKeepAliveEvent>.Continuation, EtcdLeaseKeepAliveEvent)] =
+        []
+      for (id, var registration) in state.registrations where registration.lease == response.id {
+        if response.ttl <= 0 {
+          events.append((registration.continuation, .lost))
+          state.registrations[id] = nil
+        } else {
+          registration.ttl = .seconds(response.ttl)
+          registration.lastRenewal = now
+          registration.nextSend = now + registration.ttl / 3
+          registration.reportedOverdue = false
+          state.registrations[id] = registration
+          events.append((registration.continuation, .renewed(ttl: response.ttl)))
+        }
+      }
+      return events
+    }
+    for (continuation, event) in events {
+      continuation.yield(event)
+      if event == .lost {
+        self.logger.info("etcd lease lost", metadata: ["etcd.lease": "\(response.id)"])
+        continuation.finish()
+      }
+    }
+  }
+}

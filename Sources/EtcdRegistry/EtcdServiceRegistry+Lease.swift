@@ -1,0 +1,286 @@
+import Etcd
+import Logging
+import RegistryCore
+
+extension EtcdServiceRegistry {
+  /// The lease to write with, granting one if there is none (one grant shared by all callers).
+  func currentLease() async throws -> (EtcdLease, UInt64) {
+    enum Lookup {
+      case ready(EtcdLease, UInt64)
+      case pending(Task<EtcdLease, any Error>)
+    }
+    let lookup = try self.state.withLock { state throws(RegistryError) -> Lookup in
+      if state.isShutDown { throw RegistryError.shutDown("register") }
+      if let lease = state.lease { return .ready(lease, state.leaseGeneration) }
+      if let pending = state.pendingGrant { return .pending(pending) }
+      // The grant serves every register call waiting for a lease, so it belongs to none of them.
+      let ttl = self.leaseTTLSeconds
+      let pending = Task { try await self.client.grantLease(ttl: ttl) }
+      state.pendingGrant = pending
+      return .pending(pending)
+    }
+    let task: Task<EtcdLease, any Error>
+    switch lookup {
+    case .ready(let lease, let generation): return (lease, generation)
+    case .pending(let pending): task = pending
+    }
+    do {
+      let lease = try await task.value
+      let (generation, granted, wake) = self.state.withLock { state in
+        if state.pendingGrant == task {
+          state.pendingGrant = nil
+          state.lease = lease
+          state.leaseGeneration += 1
+          defer { state.wake = nil }
+          return (state.leaseGeneration, true, state.wake)
+        }
+        return (state.leaseGeneration, false, nil as CheckedContinuation<Void, Never>?)
+      }
+      wake?.resume()
+      if granted {
+        self.metrics.leaseGrants.increment()
+        self.logger.info(
+          "granted registry lease",
+          metadata: ["etcd.lease": "\(lease.id)", "etcd.ttl": "\(lease.ttl)"]
+        )
+      }
+      return (lease, generation)
+    } catch {
+      self.state.withLock { state in
+        if state.pendingGrant == task { state.pendingGrant = nil }
+      }
+      throw error
+    }
+  }
+
+  /// Forgets `lease` if it is still the current one, and wakes the recovery.
+  func leaseLost(_ lease: EtcdLease, reason: String) {
+    let (lost, wake) = self.state.withLock { state in
+      guard state.lease?.id == lease.id else {
+        return (false, nil as CheckedContinuation<Void, Never>?)
+      }
+      state.lease = nil
+      state.leaseGeneration += 1
+      defer { state.wake = nil }
+      return (true, state.wake)
+    }
+    wake?.resume()
+    if lost {
+      self.metrics.leaseLosses.increment()
+      self.logger.warning(
+        "registry lease lost; registering again",
+        metadata: ["etcd.lease": "\(lease.id)", "registry.reason": "\(reason)"]
+      )
+    }
+  }
+
+  /// Keeps the lease alive while there is one; when it is lost with registrations left, grants a
+  /// new one and writes every registration again, retrying with jittered backoff forever.
+  func maintainLease() async {
+    while !Task.isCancelled {
+      enum Next {
+        case keepAlive(EtcdLease)
+        case recover, wait, stop
+      }
+      let next: Next = self.state.withLock { state in
+        if state.isShutDown { return .stop }
+        if let lease = state.lease { return .keepAlive(lease) }
+        if !state.registrations.isEmpty && state.pendingGrant == nil { return .recover }
+        return .wait
+      }
+      switch next {
+      case .stop:
+        return
+      case .wait:
+        await self.waitForChange()
+      case .recover:
+        await self.recover()
+      case .keepAlive(let lease):
+        var lost = false
+        for await event in self.client.keepAlive(lease) {
+          switch event {
+          case .renewed:
+            break
+          case .overdue:
+            self.logger.warning(
+              "registry lease renewal overdue; etcd unreachable",
+              metadata: ["etcd.lease": "\(lease.id)"]
+            )
+          case .lost:
+            lost = true
+          }
+          // A lease replaced meanwhile (a write found it gone) needs no more renewals.
+          if self.state.withLock({ $0.lease?.id != lease.id || $0.isShutDown }) { break }
+        }
+        if self.state.withLock({ $0.isShutDown }) { return }
+        if lost { self.leaseLost(lease, reason: "etcd reports it expired or revoked") }
+      }
+    }
+  }
+
+  private func waitForChange() async {
+    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+      let now = self.state.withLock { state in
+        if state.isShutDown || state.lease != nil
+          || !state.registrations.isEmpty && state.pendingGrant == nil
+        {
+          return true
+        }
+        state.wake = continuation
+        return false
+      }
+      if now { continuation.resume() }
+    }
+  }
+
+  /// Grants a new lease and writes every registration with it.
+  ///
+  /// The first attempt waits a random part of the recovery spread, so that many processes that
+  /// lost their leases in the same etcd incident do not all write at the same instant.
+  func recover() async {
+    var attempt = 0
+    let spread = self.configuration.recoveryBackoff.initial * Double.random(in: 0 ... 10)
+    try? await Task.sleep(for: min(spread, self.configuration.leaseTTL / 2))
+    while !Task.isCancelled {
+      if self.state.withLock({ $0.isShutDown || $0.registrations.isEmpty }) { return }
+      attempt += 1
+      self.metrics.recoveryAttempts.increment()
+      var leaseUsed: EtcdLease?
+      do {
+        let (lease, generation) = try await self.currentLease()
+        leaseUsed = lease
+        let registrations = self.state.withLock { $0.registrations }
+        for key in registrations.keys {
+          try await self.write(key, lease: lease)
+        }
+        let settled = self.state.withLock { $0.leaseGeneration == generation }
+        if settled {
+          self.metrics.reRegistrations.increment()
+          self.logger.warning(
+            "registrations restored",
+            metadata: [
+              "etcd.lease": "\(lease.id)", "registry.count": "\(registrations.count)",
+              "registry.attempts": "\(attempt)",
+            ]
+          )
+          return
+        }
+      } catch {
+        if let error = error as? EtcdError, error.code == .leaseNotFound, let lease = leaseUsed {
+          self.leaseLost(lease, reason: "it vanished during recovery")
+        }
+        if let error = error as? RegistryError, error.code == .shutdown { return }
+        let delay = self.configuration.recoveryBackoff.delay(attempt: attempt - 1)
+        self.logger.warning(
+          "registry recovery attempt failed; retrying",
+          metadata: [
+            "registry.attempt": "\(attempt)", "registry.error": "\(error)",
+            "registry.retryIn": "\(delay)",
+          ]
+        )
+        do {
+          try await Task.sleep(for: delay)
+        } catch {
+          return
+        }
+      }
+    }
+  }
+
+  /// Restores registered keys that someone else deleted while the registry lives.
+  ///
+  /// Follows deletions under the registry's prefix; a deleted key that is still registered is
+  /// written again with the current lease (a lease that turns out gone starts a recovery).
+  /// After the watch ends (compaction, replaced store) every registered key is checked.
+  func repairDeletedKeys() async {
+    var failures = 0
+    while !Task.isCancelled {
+      if self.state.withLock({ $0.isShutDown }) { return }
+      do {
+        let revision = try await self.reconcile()
+        var options = EtcdWatchOptions()
+        options.startRevision = revision + 1
+        options.filterPuts = true
+        for try await batch in self.client.watch(
+          .prefix(self.keyspace.rootPrefix),
+          options: options
+        ) {
+          failures = 0
+          for event in batch.events where event.kind == .delete {
+            await self.repair(event.kv.keyString)
+          }
+        }
+        return
+      } catch {
+        if Task.isCancelled || self.state.withLock({ $0.isShutDown }) { return }
+        failures += 1
+        self.logger.debug(
+          "registry repair watch restarting",
+          metadata: ["registry.error": "\(error)"]
+        )
+        try? await Task.sleep(
+          for: self.configuration.recoveryBackoff.delay(attempt: min(failures - 1, 6))
+        )
+      }
+    }
+  }
+
+  /// Writes every registered key that is missing; returns the revision it checked at.
+  private func reconcile() async throws -> Int64 {
+    let probe = try await self.client.get(.key(self.keyspace.rootPrefix))
+    var revision = probe.header.revision
+    let registrations = self.state.withLock { $0.registrations }
+    for key in registrations.keys {
+      let result = try await self.client.get(.key(key))
+      revision = min(revision, result.header.revision)
+      if result.kvs.isEmpty { await self.repair(key) }
+    }
+    return revision
+  }
+
+  private func repair(_ key: String) async {
+    guard let lease = self.state.withLock({ $0.registrations[key] == nil ? nil : $0.lease }) else {
+      return  // not ours any more, or no lease: the recovery writes everything
+    }
+    do {
+      try await self.write(key, lease: lease)
+      self.metrics.keyRepairs.increment()
+      self.logger.warning(
+        "registered key was deleted; restored it",
+        metadata: ["registry.key": "\(key)", "etcd.lease": "\(lease.id)"]
+      )
+    } catch let error as EtcdError where error.code == .leaseNotFound {
+      self.leaseLost(lease, reason: "restoring a deleted key found it gone")
+    } catch {
+      self.logger.info(
+        "could not restore deleted key yet",
+        metadata: ["registry.key": "\(key)", "registry.error": "\(error)"]
+      )
+    }
+  }
+
+  /// Makes etcd hold what the registry wants at `key`, with `lease`.
+  ///
+  /// The wanted value is read again after each write: a `register` or `deregister` that ran
+  /// meanwhile may have been overtaken by this write, which then puts or deletes once more.
+  func write(_ key: String, lease: EtcdLease) async throws {
+    var written: ServiceInstance?
+    var first = true
+    while true {
+      let wanted = self.state.withLock { $0.registrations[key] }
+      if !first, wanted == written { return }
+      if first, wanted == nil { return }
+      first = false
+      if let wanted {
+        try await self.client.put(
+          key,
+          value: self.configuration.codec.encode(wanted),
+          lease: lease.id
+        )
+      } else {
+        try await self.client.delete(.key(key))
+      }
+      written = wanted
+    }
+  }
+}

@@ -1,0 +1,422 @@
+public import CoreMetrics
+public import Etcd
+public import Logging
+public import RegistryCore
+public import ServiceLifecycle
+import Synchronization
+
+/// The ``ServiceRegistry`` on etcd.
+///
+/// Every registration of a registry shares one lease, granted on first use and kept alive over
+/// the etcd client's keep-alive stream. When the lease is lost (it expired during an outage,
+/// etcd came back wiped, or it was revoked) or one of its keys disappears (deleted by someone
+/// else), the registry grants a new lease and writes its keys again, with jittered exponential
+/// backoff, until it succeeds or shuts down. ``shutdown()`` revokes the lease, so all its keys
+/// vanish in one step, and returns within ``Configuration/shutdownTimeout`` even when etcd is
+/// unreachable.
+///
+/// Watches of one service share one etcd watch: the service is listed, then followed from the
+/// next revision, across reconnects; after a compaction or a replaced store it is listed again
+/// and only the difference is reported. Values that do not decode are skipped with a warning.
+///
+/// Run it for its lifetime, scoped or as a swift-service-lifecycle `Service`:
+///
+/// ```swift
+/// try await withEtcdServiceRegistry(configuration: .defaults, logger: logger) { registry in
+///   try await registry.register(ServiceInstance(name: "user-server", address: "10.0.0.7:8082"))
+/// }
+/// ```
+public final class EtcdServiceRegistry: ServiceRegistry, Service {
+  /// The configuration the registry was made with.
+  public let configuration: Configuration
+  /// The etcd client the registry runs on.
+  public let client: EtcdClient
+  let keyspace: RegistryKeyspace
+  let logger: Logger
+  let metrics: RegistryMetrics
+  let state = Mutex(State())
+  let shutdownRequested = ShutdownFlag()
+  let feedLaunches: AsyncStream<ServiceFeed>.Continuation
+  private let feedLaunchStream: AsyncStream<ServiceFeed>
+
+  struct State {
+    /// What this registry wants registered, by key.
+    var registrations: [String: ServiceInstance] = [:]
+    var lease: EtcdLease?
+    /// Increases whenever the lease changes, so a write can tell it used a stale lease.
+    var leaseGeneration: UInt64 = 0
+    var pendingGrant: Task<EtcdLease, any Error>?
+    var isShutDown = false
+    var isRunning = false
+    var feeds: [String: ServiceFeed] = [:]
+    var wake: CheckedContinuation<Void, Never>?
+  }
+
+  /// Creates a registry. Nothing connects until ``run()``.
+  ///
+  /// - Parameters:
+  ///   - metricsFactory: Where the registry's counters go (registrations, lease grants and
+  ///     losses, re-registrations and their attempts, key repairs, malformed values skipped,
+  ///     watch re-lists).
+  /// - Throws: ``RegistryError`` (`invalidArgument`) for a bad prefix or TTL, or `EtcdError`
+  ///   for a bad endpoint.
+  public init(
+    configuration: Configuration,
+    logger: Logger,
+    metricsFactory: any MetricsFactory = MetricsSystem.factory
+  ) throws {
+    guard configuration.leaseTTL >= .seconds(1) else {
+      throw RegistryError(
+        code: .invalidArgument,
+        message:
+          "lease TTL \(configuration.leaseTTL) is below 1 second; etcd's minimum is about 2 seconds",
+        field: "leaseTTL"
+      )
+    }
+    self.configuration = configuration
+    self.keyspace = try RegistryKeyspace(prefix: configuration.keyPrefix)
+    self.logger = logger
+    self.metrics = RegistryMetrics(factory: metricsFactory)
+    self.client = try EtcdClient(configuration: configuration.etcd, logger: logger)
+    (self.feedLaunchStream, self.feedLaunches) = AsyncStream.makeStream(of: ServiceFeed.self)
+  }
+
+  var leaseTTLSeconds: Int64 {
+    let components = self.configuration.leaseTTL.components
+    return max(1, components.seconds + (components.attoseconds > 0 ? 1 : 0))
+  }
+
+  /// Runs the etcd client, lease maintenance, key repair and the watch feeds until
+  /// ``shutdown()`` or a graceful shutdown of the service group.
+  public func run() async throws {
+    self.state.withLock { $0.isRunning = true }
+    try await withGracefulShutdownHandler {
+      try await withThrowingDiscardingTaskGroup { group in
+        group.addTask { try await self.client.run() }
+        group.addTask { await self.maintainLease() }
+        group.addTask { await self.repairDeletedKeys() }
+        group.addTask {
+          await self.shutdownRequested.wait()
+          await self.performShutdown()
+        }
+        // Feeds start when a service is first watched; they run here, as children of run(),
+        // and the launch stream ends at shutdown.
+        for await feed in self.feedLaunchStream {
+          group.addTask { await feed.run(registry: self) }
+        }
+      }
+    } onGracefulShutdown: {
+      self.shutdownRequested.fire()
+    }
+  }
+
+  /// Begins shutting down: the same as ``shutdown()`` without waiting for it.
+  public func beginGracefulShutdown() {
+    self.shutdownRequested.fire()
+  }
+
+  public func register(_ instance: ServiceInstance) async throws {
+    try instance.validate()
+    let key = self.keyspace.key(for: instance)
+    let value = self.configuration.codec.encode(instance)
+    try self.state.withLock { state throws(RegistryError) in
+      if state.isShutDown { throw RegistryError.shutDown("register") }
+      state.registrations[key] = instance
+    }
+    do {
+      while true {
+        let (lease, generation) = try await self.currentLease()
+        do {
+          try await self.client.put(key, value: value, lease: lease.id)
+        } catch let error as EtcdError where error.code == .leaseNotFound {
+          self.leaseLost(lease, reason: "a write found it gone")
+          continue
+        }
+        // A recovery that switched leases while this write was in flight may have missed it:
+        // write again with the new lease.
+        let stale = self.state.withLock { $0.leaseGeneration != generation }
+        if !stale { break }
+      }
+    } catch {
+      self.state.withLock { state in
+        if state.registrations[key] == instance { state.registrations[key] = nil }
+      }
+      throw Self.registryError(error, "register \(instance.name) at \(instance.address)")
+    }
+    self.metrics.registrations.increment()
+    self.logger.info(
+      "registered instance",
+      metadata: [
+        "registry.service": "\(instance.name)", "registry.address": "\(instance.address)",
+        "registry.weight": "\(instance.weight)", "registry.group": "\(instance.group)",
+      ]
+    )
+  }
+
+  public func deregister(service: String, address: String) async throws {
+    try ServiceInstance.validate(serviceName: service)
+    let key = self.keyspace.key(service: service, address: address)
+    try self.state.withLock { state throws(RegistryError) in
+      if state.isShutDown { throw RegistryError.shutDown("deregister") }
+      state.registrations[key] = nil
+    }
+    do {
+      try await self.client.delete(.key(key))
+    } catch {
+      throw Self.registryError(error, "deregister \(service) at \(address)")
+    }
+    self.metrics.deregistrations.increment()
+    self.logger.info(
+      "deregistered instance",
+      metadata: ["registry.service": "\(service)", "registry.address": "\(address)"]
+    )
+  }
+
+  public func instances(of service: String) async throws -> [ServiceInstance] {
+    try ServiceInstance.validate(serviceName: service)
+    try self.state.withLock { state throws(RegistryError) in
+      if state.isShutDown { throw RegistryError.shutDown("list instances") }
+    }
+    do {
+      return try await self.list(service).instances
+    } catch {
+      throw Self.registryError(error, "list \(service)")
+    }
+  }
+
+  /// Lists a service with one prefix read; malformed values are skipped with a warning.
+  func list(_ service: String) async throws -> RegistrySnapshot {
+    let result = try await self.client.get(.prefix(self.keyspace.servicePrefix(service)))
+    var instances: [ServiceInstance] = []
+    for kv in result.kvs {
+      if let instance = self.decode(kv, service: service) { instances.append(instance) }
+    }
+    return RegistrySnapshot(
+      service: service,
+      instances: instances,
+      revision: result.header.revision
+    )
+  }
+
+  func decode(_ kv: EtcdKeyValue, service: String) -> ServiceInstance? {
+    let key = kv.keyString
+    guard let (keyService, address) = self.keyspace.parse(key), keyService == service else {
+      return nil
+    }
+    do {
+      return try self.configuration.codec.decode(kv.value, service: service, address: address)
+    } catch {
+      self.metrics.malformedValues.increment()
+      self.logger.warning(
+        "skipped malformed registry value",
+        metadata: [
+          "registry.key": "\(key)", "registry.error": "\(error.message)",
+          "etcd.revision": "\(kv.modRevision)",
+        ]
+      )
+      return nil
+    }
+  }
+
+  public func watch(_ service: String) -> ServiceWatch {
+    ServiceWatch {
+      let (stream, continuation) = AsyncThrowingStream.makeStream(of: RegistryEvent.self)
+      do {
+        try ServiceInstance.validate(serviceName: service)
+        let (feed, launch) = try self.state.withLock { state throws(RegistryError) in
+          if state.isShutDown { throw RegistryError.shutDown("watch") }
+          if let feed = state.feeds[service] { return (feed, false) }
+          let feed = ServiceFeed(service: service, prefix: self.keyspace.servicePrefix(service))
+          state.feeds[service] = feed
+          return (feed, true)
+        }
+        let id = feed.subscribe(continuation)
+        continuation.onTermination = { _ in
+          if feed.unsubscribe(id) { self.retire(feed) }
+        }
+        if launch { self.feedLaunches.yield(feed) }
+      } catch {
+        continuation.finish(throwing: error)
+      }
+      return stream
+    }
+  }
+
+  /// Stops a feed whose last subscriber left, unless a new subscriber arrived meanwhile.
+  private func retire(_ feed: ServiceFeed) {
+    let retired = self.state.withLock { state in
+      guard state.feeds[feed.service] === feed, feed.stopIfUnused() else { return false }
+      state.feeds[feed.service] = nil
+      return true
+    }
+    if retired {
+      self.logger.debug(
+        "stopped watching service",
+        metadata: ["registry.service": "\(feed.service)"]
+      )
+    }
+  }
+
+  public func shutdown() async {
+    let running = self.state.withLock { $0.isRunning }
+    self.shutdownRequested.fire()
+    if running {
+      await self.shutdownRequested.waitUntilDone()
+    } else {
+      // Nobody runs the registry: there is no lease to revoke and no loop to stop.
+      await self.performShutdown()
+    }
+  }
+
+  /// Revokes the lease (bounded by the shutdown timeout), ends the watches and stops the client.
+  private func performShutdown() async {
+    let (lease, feeds, wake) = self.state.withLock { state in
+      state.isShutDown = true
+      state.registrations = [:]
+      defer {
+        state.feeds = [:]
+        state.wake = nil
+      }
+      return (state.lease, Array(state.feeds.values), state.wake)
+    }
+    wake?.resume()
+    self.feedLaunches.finish()
+    for feed in feeds { feed.stop() }
+    if let lease {
+      do {
+        try await withDeadline(self.configuration.shutdownTimeout) {
+          try await self.client.revokeLease(lease.id, timeout: self.configuration.shutdownTimeout)
+        }
+        self.logger.info("revoked registry lease", metadata: ["etcd.lease": "\(lease.id)"])
+      } catch {
+        self.logger.warning(
+          "could not revoke registry lease; its keys vanish when it expires",
+          metadata: ["etcd.lease": "\(lease.id)", "registry.error": "\(error)"]
+        )
+      }
+    }
+    self.client.beginGracefulShutdown()
+    self.shutdownRequested.markDone()
+  }
+
+  static func registryError(_ error: any Error, _ operation: String) -> any Error {
+    guard let error = error as? EtcdError else { return error }
+    let code: RegistryError.Code
+    switch error.code {
+    case .unavailable: code = .unavailable
+    case .timeout: code = .timeout
+    case .permissionDenied, .authFailed: code = .permissionDenied
+    case .invalidArgument: code = .invalidArgument
+    case .shutdown: code = .shutdown
+    default: code = .internalError
+    }
+    return RegistryError(
+      code: code,
+      message: "could not \(operation): \(error.message)",
+      cause: error
+    )
+  }
+}
+
+/// Runs an ``EtcdServiceRegistry`` for the duration of `body`, then shuts it down (revoking its
+/// lease, so its registrations vanish at once).
+public func withEtcdServiceRegistry<Result: Sendable>(
+  configuration: EtcdServiceRegistry.Configuration,
+  logger: Logger,
+  metricsFactory: any MetricsFactory = MetricsSystem.factory,
+  _ body: (EtcdServiceRegistry) async throws -> Result
+) async throws -> Result {
+  let registry = try EtcdServiceRegistry(
+    configuration: configuration,
+    logger: logger,
+    metricsFactory: metricsFactory
+  )
+  return try await withThrowingTaskGroup(of: Void.self) { group in
+    group.addTask { try await registry.run() }
+    let result: Result
+    do {
+      result = try await body(registry)
+    } catch {
+      await registry.shutdown()
+      try? await group.waitForAll()
+      throw error
+    }
+    await registry.shutdown()
+    try await group.waitForAll()
+    return result
+  }
+}
+
+/// A one-shot request flag with a completion, usable from synchronous code.
+final class ShutdownFlag: Sendable {
+  private let state = Mutex<
+    (
+      fired: Bool, done: Bool, waiters: [CheckedContinuation<Void, Never>],
+      doneWaiters: [CheckedContinuation<Void, Never>]
+    )
+  >(
+    (false, false, [], [])
+  )
+
+  var isFired: Bool { self.state.withLock { $0.fired } }
+
+  func fire() {
+    let waiters = self.state.withLock { state in
+      if state.fired { return [CheckedContinuation<Void, Never>]() }
+      state.fired = true
+      defer { state.waiters = [] }
+      return state.waiters
+    }
+    for waiter in waiters { waiter.resume() }
+  }
+
+  func wait() async {
+    await withCheckedContinuation { continuation in
+      let now = self.state.withLock { state in
+        if state.fired { return true }
+        state.waiters.append(continuation)
+        return false
+      }
+      if now { continuation.resume() }
+    }
+  }
+
+  func markDone() {
+    let waiters = self.state.withLock { state in
+      state.done = true
+      defer { state.doneWaiters = [] }
+      return state.doneWaiters
+    }
+    for waiter in waiters { waiter.resume() }
+  }
+
+  func waitUntilDone() async {
+    await withCheckedContinuation { continuation in
+      let now = self.state.withLock { state in
+        if state.done { return true }
+        state.doneWaiters.append(continuation)
+        return false
+      }
+      if now { continuation.resume() }
+    }
+  }
+}
+
+/// Runs `body`, giving up with ``RegistryError/Code/timeout`` after `limit`.
+func withDeadline<T: Sendable>(
+  _ limit: Duration,
+  _ body: @escaping @Sendable () async throws -> T
+) async throws -> T {
+  try await withThrowingTaskGroup(of: T?.self) { group in
+    group.addTask { try await body() }
+    group.addTask {
+      try await Task.sleep(for: limit)
+      return nil
+    }
+    defer { group.cancelAll() }
+    guard let first = try await group.next(), let value = first else {
+      throw RegistryError(code: .timeout, message: "gave up after \(limit)")
+    }
+    return value
+  }
+}

@@ -1,0 +1,180 @@
+import Etcd
+import Logging
+import RegistryCore
+import Synchronization
+
+/// One etcd watch of one service, shared by every local watcher of it.
+///
+/// It lists the service, then follows etcd's watch from the next revision. After a compaction
+/// or a replaced store it lists again and publishes only the difference. It never publishes an
+/// empty set because of an error: while etcd is unreachable the last known set stands.
+final class ServiceFeed: Sendable {
+  let service: String
+  let prefix: String
+  private let state = Mutex(State())
+  private let stopSignal = ShutdownFlag()
+
+  private struct State {
+    var snapshot: RegistrySnapshot?
+    var subscribers: [UInt64: AsyncThrowingStream<RegistryEvent, any Error>.Continuation] = [:]
+    var nextID: UInt64 = 0
+    var stopped = false
+  }
+
+  init(service: String, prefix: String) {
+    self.service = service
+    self.prefix = prefix
+  }
+
+  /// Adds a subscriber; it gets the current set at once when the feed has one, or as soon as
+  /// the first listing completes.
+  func subscribe(
+    _ continuation: AsyncThrowingStream<RegistryEvent, any Error>.Continuation
+  ) -> UInt64 {
+    let (id, stopped) = self.state.withLock { state in
+      state.nextID += 1
+      if state.stopped { return (state.nextID, true) }
+      state.subscribers[state.nextID] = continuation
+      if let snapshot = state.snapshot { continuation.yield(.snapshot(snapshot)) }
+      return (state.nextID, false)
+    }
+    if stopped { continuation.finish() }
+    return id
+  }
+
+  /// Removes a subscriber; returns whether none are left.
+  func unsubscribe(_ id: UInt64) -> Bool {
+    self.state.withLock { state in
+      state.subscribers[id] = nil
+      return state.subscribers.isEmpty
+    }
+  }
+
+  /// Stops the feed if it has no subscribers; returns whether it stopped.
+  func stopIfUnused() -> Bool {
+    let stop = self.state.withLock { state in
+      guard state.subscribers.isEmpty, !state.stopped else { return false }
+      state.stopped = true
+      return true
+    }
+    if stop { self.stopSignal.fire() }
+    return stop
+  }
+
+  /// Stops the feed and ends every subscription.
+  func stop() {
+    let subscribers = self.state.withLock { state in
+      state.stopped = true
+      defer { state.subscribers = [:] }
+      return Array(state.subscribers.values)
+    }
+    for subscriber in subscribers { subscriber.finish() }
+    self.stopSignal.fire()
+  }
+
+  func run(registry: EtcdServiceRegistry) async {
+    await withTaskGroup(of: Void.self) { group in
+      group.addTask { await self.follow(registry) }
+      await self.stopSignal.wait()
+      group.cancelAll()
+    }
+  }
+
+  private func follow(_ registry: EtcdServiceRegistry) async {
+    let logger = registry.logger
+    var failures = 0
+    while !Task.isCancelled {
+      do {
+        let listed = try await registry.list(self.service)
+        self.publish(listing: listed)
+        failures = 0
+        var options = EtcdWatchOptions()
+        options.startRevision = listed.revision + 1
+        for try await batch in registry.client.watch(.prefix(self.prefix), options: options) {
+          self.apply(batch, registry: registry)
+        }
+        return  // the client shut down
+      } catch let error as EtcdError where error.code == .compacted || error.code == .storeReplaced
+      {
+        registry.metrics.watchRelists.increment()
+        logger.warning(
+          "service watch lost its revision; listing again",
+          metadata: ["registry.service": "\(self.service)", "registry.reason": "\(error.code)"]
+        )
+      } catch {
+        if Task.isCancelled { return }
+        failures += 1
+        registry.metrics.watchRelists.increment()
+        let delay = registry.configuration.recoveryBackoff.delay(attempt: min(failures - 1, 6))
+        logger.info(
+          "service watch failed; listing again",
+          metadata: [
+            "registry.service": "\(self.service)", "registry.error": "\(error)",
+            "registry.retryIn": "\(delay)",
+          ]
+        )
+        do {
+          try await Task.sleep(for: delay)
+        } catch {
+          return
+        }
+      }
+    }
+  }
+
+  /// Publishes a fresh listing: the first set as a snapshot, later ones as the difference.
+  private func publish(listing: RegistrySnapshot) {
+    self.state.withLock { state in
+      guard let previous = state.snapshot else {
+        state.snapshot = listing
+        for subscriber in state.subscribers.values { subscriber.yield(.snapshot(listing)) }
+        return
+      }
+      // Yielding under the lock keeps every subscriber's events in order; yield never runs
+      // consumer code synchronously.
+      for event in previous.changes(to: listing) {
+        for subscriber in state.subscribers.values { subscriber.yield(event) }
+      }
+      state.snapshot = listing
+    }
+  }
+
+  private func apply(_ batch: EtcdWatchBatch, registry: EtcdServiceRegistry) {
+    // Decode outside the lock; decoding may log.
+    let changes: [(address: String, instance: ServiceInstance?, revision: Int64)] = batch.events
+      .compactMap { event in
+        guard let (service, address) = registry.keyspace.parse(event.kv.keyString),
+          service == self.service
+        else {
+          return nil
+        }
+        switch event.kind {
+        case .put:
+          // A value that does not decode is treated as absent: the instance cannot be dialled.
+          return (address, registry.decode(event.kv, service: self.service), event.kv.modRevision)
+        case .delete:
+          return (address, nil, event.kv.modRevision)
+        }
+      }
+    self.state.withLock { state in
+      guard var snapshot = state.snapshot else { return }
+      for change in changes {
+        let current = snapshot.instances.first { $0.address == change.address }
+        let event: RegistryEvent?
+        switch (current, change.instance) {
+        case (nil, let new?): event = .added(new, revision: change.revision)
+        case (let old?, let new?):
+          event = old == new ? nil : .updated(new, revision: change.revision)
+        case (let old?, nil): event = .removed(old, revision: change.revision)
+        case (nil, nil): event = nil
+        }
+        snapshot.revision = max(snapshot.revision, change.revision)
+        guard let event else { continue }
+        snapshot = snapshot.applying(event)
+        for subscriber in state.subscribers.values { subscriber.yield(event) }
+      }
+      snapshot.revision = max(snapshot.revision, batch.header.revision)
+      state.snapshot = snapshot
+    }
+  }
+}

@@ -1,0 +1,43 @@
+internal import NIOCore
+
+/// An established HTTP/2 connection: the channel, its event loop and its connection handler.
+final class ActiveConnection: Sendable {
+  let id: UInt64
+  let channel: any Channel
+  let eventLoop: any EventLoop
+  let handler: NIOLoopBound<ConnectionHandler>
+  let scheme: String
+  let streamWindowSize: Int
+  let remotePeer: String
+  let localPeer: String
+
+  init(
+    id: UInt64,
+    channel: any Channel,
+    handler: NIOLoopBound<ConnectionHandler>,
+    scheme: String,
+    streamWindowSize: Int
+  ) {
+    self.id = id
+    self.channel = channel
+    self.eventLoop = channel.eventLoop
+    self.handler = handler
+    self.scheme = scheme
+    self.streamWindowSize = streamWindowSize
+    self.remotePeer = Self.describe(channel.remoteAddress)
+    self.localPeer = Self.describe(channel.localAddress)
+  }
+
+  /// grpc's peer notation: `ipv4:127.0.0.1:2379`, `ipv6:[::1]:2379`, `unix:/path`.
+  private static func describe(_ address: SocketAddress?) -> String {
+    guard let address else { return "unknown" }
+    switch address {
+    case .v4:
+      return "ipv4:\(address.ipAddress ?? "?"):\(address.port ?? 0)"
+    case .v6:
+      return "ipv6:[\(address.ipAddress ?? "?")]:\(address.port ?? 0)"
+    case .unixDomainSocket:
+      return "unix:\(address.pathname ?? "")"
+    }
+  }
+}

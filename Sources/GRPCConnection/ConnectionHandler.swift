@@ -1,0 +1,745 @@
+internal import GRPCCore
+internal import Logging
+internal import NIOCore
+internal import NIOHPACK
+internal import NIOHTTP2
+
+/// Events the connection handler reports to its ``HTTP2Connection`` (on the event loop).
+enum ConnectionEvent: Sendable {
+  /// No new streams may start (GOAWAY received, stream IDs exhausted, keep-alive failed).
+  case draining(reason: String)
+  /// The channel closed; every stream has been failed.
+  case closed(error: (any Error)?)
+}
+
+/// The one connection-level handler after `NIOHTTP2Handler` (no stream multiplexer, no child
+/// channels): it allocates stream IDs, writes request frames, demultiplexes response frames into
+/// ``ClientStream``s, returns flow-control window, and runs keep-alive.
+final class ConnectionHandler: ChannelInboundHandler {
+  typealias InboundIn = HTTP2Frame
+  typealias OutboundOut = HTTP2Frame
+
+  private enum Phase {
+    case awaitingHeaders
+    case receivingMessages
+    case done
+  }
+
+  private struct StreamRecord {
+    let stream: ClientStream
+    var phase: Phase = .awaitingHeaders
+    var deframer: MessageDeframer
+    var localClosed = false
+    var deadline: Scheduled<Void>?
+    var lastInboundWindow: Int?
+  }
+
+  struct Settings {
+    var streamWindowSize: Int
+    var connectionWindowSize: Int
+    var keepalive: HTTP2Connection.Keepalive?
+  }
+
+  private let settings: Settings
+  private let logger: Logger
+  private let onEvent: @Sendable (ConnectionEvent) -> Void
+  private var readyPromise: EventLoopPromise<Void>?
+
+  private var context: ChannelHandlerContext?
+  private var streams: [HTTP2StreamID: StreamRecord] = [:]
+  private var nextStreamID: Int32 = 1
+  private var draining = false
+  private var closed = false
+  private var closeError: (any Error)?
+  private var goAwayLastStreamID: HTTP2StreamID?
+  private var receivedSettings = false
+  private var inReadLoop = false
+  private var flushPending = false
+
+  // Keep-alive.
+  private let pingData = HTTP2PingData(withInteger: .random(in: .min ... .max))
+  private var lastRead = NIODeadline.now()
+  private var keepaliveTimer: Scheduled<Void>?
+  private var keepaliveTimeout: Scheduled<Void>?
+
+  init(
+    settings: Settings,
+    readyPromise: EventLoopPromise<Void>,
+    logger: Logger,
+    onEvent: @escaping @Sendable (ConnectionEvent) -> Void
+  ) {
+    self.settings = settings
+    self.readyPromise = readyPromise
+    self.logger = logger
+    self.onEvent = onEvent
+  }
+
+  // MARK: - Channel events
+
+  func handlerAdded(context: ChannelHandlerContext) {
+    self.context = context
+    if context.channel.isActive {
+      self.openConnectionWindow(context: context)
+    }
+  }
+
+  func handlerRemoved(context: ChannelHandlerContext) {
+    self.context = nil
+  }
+
+  func channelActive(context: ChannelHandlerContext) {
+    self.openConnectionWindow(context: context)
+    context.fireChannelActive()
+  }
+
+  private func openConnectionWindow(context: ChannelHandlerContext) {
+    // The connection window starts at 65,535 regardless of SETTINGS; grpc-go servers send a lot
+    // at once, so open it to the configured size right after the preface.
+    let increment = self.settings.connectionWindowSize - 65_535
+    if increment > 0 {
+      let frame = HTTP2Frame(
+        streamID: .rootStream,
+        payload: .windowUpdate(windowSizeIncrement: increment)
+      )
+      context.writeAndFlush(self.wrapOutboundOut(frame), promise: nil)
+    }
+  }
+
+  func channelInactive(context: ChannelHandlerContext) {
+    self.closed = true
+    self.draining = true
+    self.keepaliveTimer?.cancel()
+    self.keepaliveTimeout?.cancel()
+
+    let error = RPCError(
+      code: .unavailable,
+      message: "The connection to the server was lost.",
+      cause: self.closeError
+    )
+    let records = self.streams
+    self.streams.removeAll()
+    for (_, record) in records {
+      record.deadline?.cancel()
+      record.stream.fail(error)
+    }
+
+    if let readyPromise = self.readyPromise {
+      self.readyPromise = nil
+      readyPromise.fail(
+        self.closeError
+          ?? HTTP2ConnectionError(
+            code: .connectFailed,
+            message: "The connection closed before the server's HTTP/2 SETTINGS arrived."
+          )
+      )
+    }
+    self.onEvent(.closed(error: self.closeError))
+    context.fireChannelInactive()
+  }
+
+  func errorCaught(context: ChannelHandlerContext, error: any Error) {
+    if Self.isStreamLevel(error) {
+      self.logger.debug("HTTP/2 stream error", metadata: ["grpc.error": "\(error)"])
+      return
+    }
+    self.logger.debug("HTTP/2 connection error", metadata: ["grpc.error": "\(error)"])
+    if self.closeError == nil {
+      self.closeError = error
+    }
+    context.close(promise: nil)
+  }
+
+  private static func isStreamLevel(_ error: any Error) -> Bool {
+    switch error {
+    case is NIOHTTP2Errors.StreamError, is NIOHTTP2Errors.StreamClosed,
+      is NIOHTTP2Errors.NoSuchStream, is NIOHTTP2Errors.BadStreamStateTransition,
+      is NIOHTTP2Errors.MissingPseudoHeader, is NIOHTTP2Errors.DuplicatePseudoHeader,
+      is NIOHTTP2Errors.PseudoHeaderAfterRegularHeader, is NIOHTTP2Errors.UnknownPseudoHeader,
+      is NIOHTTP2Errors.UnsupportedPseudoHeader, is NIOHTTP2Errors.InvalidPseudoHeaders,
+      is NIOHTTP2Errors.InvalidStatusValue, is NIOHTTP2Errors.TrailersWithoutEndStream,
+      is NIOHTTP2Errors.ForbiddenHeaderField, is NIOHTTP2Errors.InvalidPseudoHeaderValue,
+      is NIOHTTP2Errors.ContentLengthViolated, is NIOHTTP2Errors.ContentLengthHeadersMismatch,
+      is NIOHTTP2Errors.ContentLengthHeaderNegative,
+      is NIOHTTP2Errors.ContentLengthHeaderMalformedValue,
+      is NIOHTTP2Errors.InvalidHTTP2HeaderFieldName,
+      is NIOHTTP2Errors.InvalidHTTP2HeaderFieldValue:
+      return true
+    default:
+      return false
+    }
+  }
+
+  func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+    switch event {
+    case let event as NIOHTTP2WindowUpdatedEvent:
+      self.windowUpdated(event, context: context)
+    case let event as StreamClosedEvent:
+      self.streamClosed(event.streamID, reason: event.reason)
+    default:
+      context.fireUserInboundEventTriggered(event)
+    }
+  }
+
+  func channelReadComplete(context: ChannelHandlerContext) {
+    self.inReadLoop = false
+    if self.flushPending {
+      self.flushPending = false
+      context.flush()
+    }
+    context.fireChannelReadComplete()
+  }
+
+  /// Flushes now, or at the end of the read loop when frames are written while reading.
+  private func flushSoon(context: ChannelHandlerContext) {
+    if self.inReadLoop {
+      self.flushPending = true
+    } else {
+      context.flush()
+    }
+  }
+
+  func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    let frame = self.unwrapInboundIn(data)
+    self.inReadLoop = true
+    if self.settings.keepalive != nil {
+      self.lastRead = .now()
+    }
+
+    switch frame.payload {
+    case .headers(let headers):
+      self.receivedHeaders(headers, streamID: frame.streamID, context: context)
+    case .data(let data):
+      self.receivedData(data, streamID: frame.streamID, context: context)
+    case .rstStream(let code):
+      self.receivedReset(code, streamID: frame.streamID)
+    case .settings(.settings):
+      if !self.receivedSettings {
+        self.receivedSettings = true
+        self.scheduleKeepalive(context: context)
+        if let readyPromise = self.readyPromise {
+          self.readyPromise = nil
+          readyPromise.succeed()
+        }
+      }
+    case .ping(let data, ack: true):
+      if data == self.pingData {
+        self.keepaliveTimeout?.cancel()
+        self.keepaliveTimeout = nil
+      }
+    case .goAway(let lastStreamID, let errorCode, let opaqueData):
+      self.receivedGoAway(lastStreamID: lastStreamID, errorCode: errorCode, opaqueData: opaqueData)
+    default:
+      ()
+    }
+  }
+
+  // MARK: - Requests (called on the event loop by ClientStream)
+
+  func flush(_ stream: ClientStream) {
+    guard let context = self.context else {
+      // The handler left the pipeline: the channel is gone.
+      stream.fail(RPCError(code: .unavailable, message: "The connection to the server was lost."))
+      return
+    }
+    guard let parts = stream.takeOutbound(), !parts.isEmpty else {
+      return
+    }
+
+    var streamID = stream.streamID
+    var batchBytes = 0
+    var lastDataPromise: EventLoopPromise<Void>?
+    var endsStream = false
+    let lastMessageIndex = parts.lastIndex { part in
+      if case .message = part { return true }
+      return false
+    }
+
+    var index = 0
+    while index < parts.count {
+      let part = parts[index]
+      let nextIsEnd: Bool
+      if index + 1 < parts.count, case .end = parts[index + 1] {
+        nextIsEnd = true
+      } else {
+        nextIsEnd = false
+      }
+
+      switch part {
+      case .headers(let headers):
+        guard streamID == nil else { break }
+        guard let id = self.openStream(stream, context: context) else { return }
+        streamID = id
+        // An RPC without request messages ends the stream on its HEADERS.
+        let frame = HTTP2Frame(
+          streamID: id,
+          payload: .headers(.init(headers: headers, endStream: nextIsEnd))
+        )
+        context.write(self.wrapOutboundOut(frame), promise: nil)
+        if nextIsEnd {
+          index += 1
+          endsStream = true
+        }
+
+      case .message(let buffer):
+        guard let id = streamID, self.isWritable(id) else { break }
+        // Only the burst's last DATA frame carries a promise (see below).
+        let promise =
+          (index == lastMessageIndex && !nextIsEnd)
+          ? context.eventLoop.makePromise(of: Void.self) : nil
+        let frame = HTTP2Frame(
+          streamID: id,
+          payload: .data(.init(data: .byteBuffer(buffer), endStream: nextIsEnd))
+        )
+        batchBytes += buffer.readableBytes
+        context.write(self.wrapOutboundOut(frame), promise: promise)
+        if nextIsEnd {
+          index += 1
+          endsStream = true
+        } else if let promise {
+          lastDataPromise = promise
+        }
+
+      case .end:
+        guard let id = streamID, self.isWritable(id) else { break }
+        let frame = HTTP2Frame(
+          streamID: id,
+          payload: .data(.init(data: .byteBuffer(ByteBuffer()), endStream: true))
+        )
+        context.write(self.wrapOutboundOut(frame), promise: nil)
+        endsStream = true
+      }
+      index += 1
+    }
+
+    if let id = streamID, endsStream {
+      self.localClosed(id)
+    }
+
+    // One promise per burst tracks when queued request bytes leave the HTTP/2 layer, which is
+    // what resumes writers held back by the high watermark. A burst that ends the request needs
+    // none: nothing can be written after it.
+    if batchBytes > 0 {
+      if let promise = lastDataPromise, !endsStream {
+        let bytes = batchBytes
+        promise.futureResult.whenComplete { _ in
+          stream.outboundWritten(bytes: bytes)
+        }
+      } else {
+        stream.outboundWritten(bytes: batchBytes)
+      }
+    }
+    context.flush()
+  }
+
+  private func isWritable(_ id: HTTP2StreamID) -> Bool {
+    guard let record = self.streams[id] else { return false }
+    return !record.localClosed
+  }
+
+  private func openStream(_ stream: ClientStream, context: ChannelHandlerContext) -> HTTP2StreamID?
+  {
+    if self.closed || self.draining {
+      stream.fail(
+        RPCError(
+          code: .unavailable,
+          message: "The connection began closing before the RPC started; it is safe to retry."
+        )
+      )
+      return nil
+    }
+
+    let id = HTTP2StreamID(self.nextStreamID)
+    if self.nextStreamID > Int32.max - 2 {
+      // Client stream IDs are odd and may not be reused: this connection is used up.
+      self.beginDraining(reason: "HTTP/2 stream IDs exhausted", context: context)
+    } else {
+      self.nextStreamID += 2
+    }
+
+    var record = StreamRecord(
+      stream: stream,
+      deframer: MessageDeframer(maxMessageBytes: stream.maxResponseBytes)
+    )
+    if let timeout = stream.timeout {
+      record.deadline = context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(timeout)) {
+        self.deadlineExpired(id)
+      }
+    }
+    self.streams[id] = record
+    stream.opened(streamID: id)
+    return id
+  }
+
+  private func localClosed(_ id: HTTP2StreamID) {
+    guard let index = self.streams.index(forKey: id) else { return }
+    self.streams.values[index].localClosed = true
+  }
+
+  /// Resets the stream (RST_STREAM CANCEL) after the caller cancelled or failed it.
+  func reset(_ stream: ClientStream) {
+    guard let id = stream.streamID, let record = self.removeStream(id) else {
+      stream.markTransportClosed()
+      return
+    }
+    record.stream.markTransportClosed()
+    guard let context = self.context else { return }
+    let frame = HTTP2Frame(streamID: id, payload: .rstStream(.cancel))
+    context.write(self.wrapOutboundOut(frame), promise: nil)
+    self.flushSoon(context: context)
+  }
+
+  private func deadlineExpired(_ id: HTTP2StreamID) {
+    guard let record = self.removeStream(id) else { return }
+    record.stream.fail(
+      RPCError(code: .deadlineExceeded, message: "The RPC's deadline passed before it completed.")
+    )
+    guard let context = self.context else { return }
+    let frame = HTTP2Frame(streamID: id, payload: .rstStream(.cancel))
+    context.write(self.wrapOutboundOut(frame), promise: nil)
+    self.flushSoon(context: context)
+  }
+
+  @discardableResult
+  private func removeStream(_ id: HTTP2StreamID) -> StreamRecord? {
+    guard let record = self.streams.removeValue(forKey: id) else { return nil }
+    record.deadline?.cancel()
+    if self.draining, self.streams.isEmpty, !self.closed, let context = self.context {
+      // A draining connection closes once its last stream is done.
+      context.eventLoop.assumeIsolated().execute {
+        if self.streams.isEmpty, !self.closed, let context = self.context {
+          context.close(promise: nil)
+        }
+      }
+    }
+    return record
+  }
+
+  // MARK: - Responses
+
+  private func failStream(
+    _ id: HTTP2StreamID,
+    error: RPCError,
+    reset: Bool,
+    context: ChannelHandlerContext
+  ) {
+    guard let record = self.removeStream(id) else { return }
+    record.stream.fail(error)
+    if reset {
+      let frame = HTTP2Frame(streamID: id, payload: .rstStream(.cancel))
+      context.write(self.wrapOutboundOut(frame), promise: nil)
+      self.flushSoon(context: context)
+    }
+  }
+
+  private func receivedHeaders(
+    _ payload: HTTP2Frame.FramePayload.Headers,
+    streamID id: HTTP2StreamID,
+    context: ChannelHandlerContext
+  ) {
+    guard let index = self.streams.index(forKey: id) else { return }
+    let headers = payload.headers
+    let endStream = payload.endStream
+
+    switch self.streams.values[index].phase {
+    case .awaitingHeaders:
+      guard let statusField = headers.first(name: ":status"), let httpStatus = Int(statusField)
+      else {
+        self.failStream(
+          id,
+          error: RPCError(
+            code: .internalError,
+            message: "The server's response has no valid ':status'."
+          ),
+          reset: !endStream,
+          context: context
+        )
+        return
+      }
+      if (100 ..< 200).contains(httpStatus) {
+        return  // Informational; the real response follows.
+      }
+      if httpStatus != 200 && headers.first(name: "grpc-status") == nil {
+        let status = GRPCWire.status(httpStatus: httpStatus)
+        self.finishStream(
+          index: index,
+          id: id,
+          part: .status(status, GRPCWire.metadata(from: headers)),
+          endStream: endStream,
+          context: context
+        )
+        return
+      }
+      if let contentType = headers.first(name: "content-type"),
+        !contentType.hasPrefix("application/grpc")
+      {
+        self.failStream(
+          id,
+          error: RPCError(
+            code: .internalError,
+            message: "The server responded with content-type '\(contentType)', not gRPC."
+          ),
+          reset: !endStream,
+          context: context
+        )
+        return
+      }
+      if endStream {
+        // Trailers-only response.
+        self.finishStream(
+          index: index,
+          id: id,
+          part: .status(GRPCWire.status(fromTrailers: headers), GRPCWire.metadata(from: headers)),
+          endStream: true,
+          context: context
+        )
+      } else {
+        self.streams.values[index].phase = .receivingMessages
+        self.streams.values[index].stream.deliver(.metadata(GRPCWire.metadata(from: headers)))
+      }
+
+    case .receivingMessages:
+      // Trailers. (grpc servers always set END_STREAM on them; tolerate its absence.)
+      var status = GRPCWire.status(fromTrailers: headers)
+      if status.code == .ok, self.streams.values[index].deframer.hasPartialMessage {
+        status = Status(
+          code: .internalError,
+          message: "The server ended the response inside a message."
+        )
+      }
+      self.finishStream(
+        index: index,
+        id: id,
+        part: .status(status, GRPCWire.metadata(from: headers)),
+        endStream: endStream,
+        context: context
+      )
+
+    case .done:
+      ()
+    }
+  }
+
+  /// Delivers the final response part and forgets the stream. If the request side is still
+  /// open, the stream is reset (NO_ERROR, as grpc does) so the server stops expecting request
+  /// data; a server that did not end the stream is reset with CANCEL.
+  private func finishStream(
+    index: Dictionary<HTTP2StreamID, StreamRecord>.Index,
+    id: HTTP2StreamID,
+    part: ClientStream.Part,
+    endStream: Bool,
+    context: ChannelHandlerContext
+  ) {
+    let record = self.streams.values[index]
+    self.removeStream(id)
+    record.stream.deliver(part, final: true, transportClosed: true)
+    if !endStream || !record.localClosed {
+      let frame = HTTP2Frame(streamID: id, payload: .rstStream(endStream ? .noError : .cancel))
+      context.write(self.wrapOutboundOut(frame), promise: nil)
+      self.flushSoon(context: context)
+    }
+  }
+
+  private func receivedData(
+    _ payload: HTTP2Frame.FramePayload.Data,
+    streamID id: HTTP2StreamID,
+    context: ChannelHandlerContext
+  ) {
+    guard let index = self.streams.index(forKey: id) else { return }
+    switch self.streams.values[index].phase {
+    case .awaitingHeaders:
+      self.failStream(
+        id,
+        error: RPCError(
+          code: .internalError,
+          message: "The server sent DATA before response headers."
+        ),
+        reset: !payload.endStream,
+        context: context
+      )
+      return
+    case .done:
+      return
+    case .receivingMessages:
+      ()
+    }
+
+    guard case .byteBuffer(let buffer) = payload.data else { return }
+    self.streams.values[index].deframer.append(buffer)
+    let stream = self.streams.values[index].stream
+    do {
+      while let message = try self.streams.values[index].deframer.next() {
+        stream.deliver(.message(message))
+      }
+    } catch {
+      self.failStream(id, error: error, reset: !payload.endStream, context: context)
+      return
+    }
+
+    if payload.endStream {
+      self.failStream(
+        id,
+        error: RPCError(
+          code: .internalError,
+          message: "The server closed the stream without trailers."
+        ),
+        reset: false,
+        context: context
+      )
+    }
+  }
+
+  private func receivedReset(_ code: HTTP2ErrorCode, streamID id: HTTP2StreamID) {
+    guard let record = self.removeStream(id) else { return }
+    record.stream.fail(GRPCWire.error(forReset: code))
+  }
+
+  private func streamClosed(_ id: HTTP2StreamID, reason: HTTP2ErrorCode?) {
+    guard let record = self.removeStream(id) else { return }
+    if case .done = record.phase {
+      record.stream.markTransportClosed()
+      return
+    }
+    if let lastStreamID = self.goAwayLastStreamID, id > lastStreamID {
+      record.stream.fail(
+        RPCError(
+          code: .unavailable,
+          message:
+            "The server is going away (GOAWAY) and did not process the RPC; it is safe to retry."
+        )
+      )
+    } else if let reason {
+      record.stream.fail(GRPCWire.error(forReset: reason))
+    } else {
+      record.stream.fail(RPCError(code: .unavailable, message: "The stream closed unexpectedly."))
+    }
+  }
+
+  // MARK: - Flow control
+
+  private func windowUpdated(_ event: NIOHTTP2WindowUpdatedEvent, context: ChannelHandlerContext) {
+    guard let window = event.inboundWindowSize else { return }
+    if event.streamID == .rootStream {
+      let target = self.settings.connectionWindowSize
+      if window <= target / 2 {
+        self.sendWindowUpdate(streamID: .rootStream, increment: target - window, context: context)
+      }
+      return
+    }
+
+    guard let index = self.streams.index(forKey: event.streamID) else { return }
+    self.streams.values[index].lastInboundWindow = window
+    let target = self.settings.streamWindowSize
+    guard window <= target / 2 else { return }
+    // The stream's reader keeps up unless more than a window of data is buffered: then the
+    // update waits until the reader drains (ClientStream schedules sendDeferredWindowUpdate).
+    if !self.streams.values[index].stream.isOverBuffered {
+      self.streams.values[index].lastInboundWindow = target
+      self.sendWindowUpdate(streamID: event.streamID, increment: target - window, context: context)
+    }
+  }
+
+  func sendDeferredWindowUpdate(_ stream: ClientStream) {
+    guard let context = self.context, let id = stream.streamID,
+      let index = self.streams.index(forKey: id),
+      let window = self.streams.values[index].lastInboundWindow
+    else { return }
+    let target = self.settings.streamWindowSize
+    guard window < target else { return }
+    self.streams.values[index].lastInboundWindow = target
+    self.sendWindowUpdate(streamID: id, increment: target - window, context: context)
+  }
+
+  private func sendWindowUpdate(
+    streamID: HTTP2StreamID,
+    increment: Int,
+    context: ChannelHandlerContext
+  ) {
+    guard increment > 0 else { return }
+    let frame = HTTP2Frame(
+      streamID: streamID,
+      payload: .windowUpdate(windowSizeIncrement: min(increment, Int(Int32.max)))
+    )
+    context.write(self.wrapOutboundOut(frame), promise: nil)
+    self.flushSoon(context: context)
+  }
+
+  // MARK: - GOAWAY, draining, keep-alive
+
+  private func receivedGoAway(
+    lastStreamID: HTTP2StreamID,
+    errorCode: HTTP2ErrorCode,
+    opaqueData: ByteBuffer?
+  ) {
+    self.goAwayLastStreamID = lastStreamID
+    let detail = opaqueData.map { String(buffer: $0) } ?? ""
+    self.logger.info(
+      "Server sent GOAWAY",
+      metadata: [
+        "http2.error_code": "\(errorCode)",
+        "http2.last_stream_id": "\(lastStreamID)",
+        "http2.goaway_data": "\(detail)",
+      ]
+    )
+    if let context = self.context {
+      self.beginDraining(reason: "GOAWAY (\(errorCode)) \(detail)", context: context)
+    }
+  }
+
+  private func beginDraining(reason: String, context: ChannelHandlerContext) {
+    guard !self.draining else { return }
+    self.draining = true
+    self.onEvent(.draining(reason: reason))
+    if self.streams.isEmpty {
+      context.close(promise: nil)
+    }
+  }
+
+  /// Stops new streams and closes once the open ones are done.
+  func drain() {
+    guard let context = self.context else { return }
+    self.beginDraining(reason: "client shutdown", context: context)
+  }
+
+  private func scheduleKeepalive(context: ChannelHandlerContext) {
+    guard let keepalive = self.settings.keepalive, !self.closed else { return }
+    let fireAt = self.lastRead + TimeAmount(keepalive.interval)
+    self.keepaliveTimer = context.eventLoop.assumeIsolated().scheduleTask(deadline: fireAt) {
+      self.keepaliveTimerFired()
+    }
+  }
+
+  private func keepaliveTimerFired() {
+    guard let keepalive = self.settings.keepalive, let context = self.context, !self.closed else {
+      return
+    }
+    let interval = TimeAmount(keepalive.interval)
+    if NIODeadline.now() - self.lastRead < interval {
+      // Frames arrived meanwhile; the connection is evidently alive.
+      self.scheduleKeepalive(context: context)
+      return
+    }
+    if self.keepaliveTimeout == nil, keepalive.permitWithoutCalls || !self.streams.isEmpty {
+      let frame = HTTP2Frame(streamID: .rootStream, payload: .ping(self.pingData, ack: false))
+      context.writeAndFlush(self.wrapOutboundOut(frame), promise: nil)
+      self.keepaliveTimeout = context.eventLoop.assumeIsolated().scheduleTask(
+        in: TimeAmount(keepalive.timeout)
+      ) {
+        self.keepaliveTimedOut()
+      }
+    }
+    self.lastRead = .now()
+    self.scheduleKeepalive(context: context)
+  }
+
+  private func keepaliveTimedOut() {
+    guard let context = self.context, !self.closed else { return }
+    self.logger.info("Keep-alive PING not acknowledged in time; closing the connection")
+    if self.closeError == nil {
+      self.closeError = HTTP2ConnectionError(
+        code: .connectionClosed,
+        message: "The server did not acknowledge a keep-alive PING in time."
+      )
+    }
+    context.close(promise: nil)
+  }
+}

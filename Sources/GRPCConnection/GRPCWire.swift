@@ -1,0 +1,249 @@
+internal import GRPCCore
+internal import NIOCore
+internal import NIOHPACK
+internal import NIOHTTP2
+
+/// gRPC-over-HTTP/2 wire rules: request headers, response header/trailer interpretation,
+/// status mapping. See https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md.
+enum GRPCWire {
+  /// Headers a caller may not set through metadata: HTTP/2 connection-specific fields (rejected
+  /// by the HTTP/2 layer) and the fields the transport itself owns.
+  static let reservedRequestHeaders: Set<String> = [
+    "content-type", "te", "connection", "keep-alive", "proxy-connection", "transfer-encoding",
+    "upgrade", "host",
+  ]
+
+  /// Response fields that are part of the protocol rather than the RPC's metadata.
+  static let reservedResponseHeaders: Set<String> = [
+    "content-type", "grpc-status", "grpc-message", "grpc-encoding", "grpc-accept-encoding",
+  ]
+
+  static func makeRequestHeaders(
+    path: String,
+    scheme: String,
+    authority: String,
+    timeout: Duration?,
+    metadata: Metadata
+  ) -> HPACKHeaders {
+    var headers = HPACKHeaders()
+    headers.reserveCapacity(6 + metadata.count)
+    // Pseudo-headers must precede all regular fields.
+    headers.add(name: ":method", value: "POST")
+    headers.add(name: ":scheme", value: scheme)
+    headers.add(name: ":path", value: path)
+    headers.add(name: ":authority", value: authority)
+    headers.add(name: "content-type", value: "application/grpc")
+    headers.add(name: "te", value: "trailers")
+
+    var hasTimeout = false
+    for (key, value) in metadata {
+      let name = key.lowercased()
+      if name.utf8.first == UInt8(ascii: ":") || Self.reservedRequestHeaders.contains(name) {
+        continue
+      }
+      if name == "grpc-timeout" {
+        hasTimeout = true
+      }
+      headers.add(name: name, value: value.encoded())
+    }
+
+    // grpc-swift's executor normally writes 'grpc-timeout' into the metadata itself; only add one
+    // when the caller used the transport directly.
+    if !hasTimeout, let timeout {
+      headers.add(name: "grpc-timeout", value: Self.encodeTimeout(timeout))
+    }
+    return headers
+  }
+
+  /// Encodes a timeout as at most 8 digits and a unit, rounding up (PROTOCOL-HTTP2.md).
+  static func encodeTimeout(_ duration: Duration) -> String {
+    let (seconds, attoseconds) = duration.components
+    if seconds < 0 || (seconds == 0 && attoseconds <= 0) {
+      return "1n"
+    }
+    // Total nanoseconds, saturating.
+    let (secondsAsNanos, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
+    var amount: Int64
+    if overflow {
+      amount = .max
+    } else {
+      let extra = attoseconds / 1_000_000_000 + (attoseconds % 1_000_000_000 == 0 ? 0 : 1)
+      amount = secondsAsNanos &+ extra
+      if amount < 0 { amount = .max }
+    }
+
+    let units: [(divisor: Int64, unit: Character)] = [
+      (1, "n"), (1000, "u"), (1000, "m"), (1000, "S"), (60, "M"), (60, "H"),
+    ]
+    var unit: Character = "n"
+    for (index, step) in units.enumerated() {
+      if index > 0 {
+        let (quotient, remainder) = amount.quotientAndRemainder(dividingBy: step.divisor)
+        amount = quotient + (remainder == 0 ? 0 : 1)
+      }
+      unit = step.unit
+      if amount <= 99_999_999 {
+        break
+      }
+    }
+    return "\(min(amount, 99_999_999))\(unit)"
+  }
+
+  /// Converts response headers or trailers into metadata, leaving out pseudo-headers and the
+  /// protocol's own fields; `-bin` values are base64-decoded (padded or not).
+  static func metadata(from headers: HPACKHeaders) -> Metadata {
+    var metadata = Metadata()
+    metadata.reserveCapacity(headers.count)
+    for (name, value, _) in headers {
+      if name.utf8.first == UInt8(ascii: ":") || Self.reservedResponseHeaders.contains(name) {
+        continue
+      }
+      if name.hasSuffix("-bin") {
+        if let bytes = Base64.decode(value) {
+          metadata.addBinary(bytes, forKey: name)
+        } else {
+          metadata.addString(value, forKey: name)
+        }
+      } else {
+        metadata.addString(value, forKey: name)
+      }
+    }
+    return metadata
+  }
+
+  /// Reads `grpc-status` / `grpc-message` from trailers (or a trailers-only response).
+  static func status(fromTrailers trailers: HPACKHeaders) -> Status {
+    guard let rawStatus = trailers.first(name: "grpc-status") else {
+      return Status(code: .unknown, message: "The server sent trailers without 'grpc-status'.")
+    }
+    guard let value = Int(rawStatus), let code = Status.Code(rawValue: value) else {
+      return Status(
+        code: .unknown,
+        message: "The server sent an invalid 'grpc-status' ('\(rawStatus)')."
+      )
+    }
+    let message = trailers.first(name: "grpc-message").map(PercentEncoding.decode) ?? ""
+    return Status(code: code, message: message)
+  }
+
+  /// Maps a non-200 HTTP status to a gRPC status (http-grpc-status-mapping.md).
+  static func status(httpStatus: Int) -> Status {
+    let code: Status.Code
+    switch httpStatus {
+    case 400: code = .internalError
+    case 401: code = .unauthenticated
+    case 403: code = .permissionDenied
+    case 404: code = .unimplemented
+    case 429, 502, 503, 504: code = .unavailable
+    default: code = .unknown
+    }
+    return Status(code: code, message: "Unexpected HTTP status \(httpStatus) from the server.")
+  }
+
+  /// Maps an RST_STREAM error code to an RPC error, like grpc-go's `http2ErrConvTab`.
+  static func error(forReset code: HTTP2ErrorCode) -> RPCError {
+    switch code {
+    case .refusedStream:
+      return RPCError(
+        code: .unavailable,
+        message:
+          "The server refused the stream (REFUSED_STREAM) before processing it; it is safe to retry."
+      )
+    case .cancel:
+      return RPCError(
+        code: .cancelled,
+        message: "The server cancelled the stream (RST_STREAM CANCEL)."
+      )
+    case .flowControlError, .enhanceYourCalm:
+      return RPCError(
+        code: .resourceExhausted,
+        message: "The server reset the stream (\(code))."
+      )
+    case .inadequateSecurity:
+      return RPCError(
+        code: .permissionDenied,
+        message: "The server reset the stream (INADEQUATE_SECURITY)."
+      )
+    default:
+      return RPCError(code: .internalError, message: "The server reset the stream (\(code)).")
+    }
+  }
+}
+
+/// Percent-decoding of `grpc-message` values.
+enum PercentEncoding {
+  static func decode(_ value: String) -> String {
+    guard value.utf8.contains(UInt8(ascii: "%")) else { return value }
+    var bytes: [UInt8] = []
+    bytes.reserveCapacity(value.utf8.count)
+    var iterator = value.utf8.makeIterator()
+    while let byte = iterator.next() {
+      guard byte == UInt8(ascii: "%") else {
+        bytes.append(byte)
+        continue
+      }
+      // Malformed escapes are passed through unchanged, as grpc does.
+      guard let high = iterator.next() else {
+        bytes.append(byte)
+        break
+      }
+      guard let low = iterator.next() else {
+        bytes.append(byte)
+        bytes.append(high)
+        break
+      }
+      if let h = Self.hexValue(high), let l = Self.hexValue(low) {
+        bytes.append(h << 4 | l)
+      } else {
+        bytes.append(contentsOf: [byte, high, low])
+      }
+    }
+    return String(decoding: bytes, as: UTF8.self)
+  }
+
+  private static func hexValue(_ byte: UInt8) -> UInt8? {
+    switch byte {
+    case UInt8(ascii: "0") ... UInt8(ascii: "9"): return byte - UInt8(ascii: "0")
+    case UInt8(ascii: "a") ... UInt8(ascii: "f"): return byte - UInt8(ascii: "a") + 10
+    case UInt8(ascii: "A") ... UInt8(ascii: "F"): return byte - UInt8(ascii: "A") + 10
+    default: return nil
+    }
+  }
+}
+
+/// Base64 decoding for `-bin` metadata, accepting standard and URL-safe alphabets, with or
+/// without padding.
+enum Base64 {
+  static func decode(_ string: String) -> [UInt8]? {
+    var output: [UInt8] = []
+    output.reserveCapacity(string.utf8.count * 3 / 4)
+    var accumulator: UInt32 = 0
+    var bits = 0
+    var sawPadding = false
+    for byte in string.utf8 {
+      let value: UInt32
+      switch byte {
+      case UInt8(ascii: "A") ... UInt8(ascii: "Z"): value = UInt32(byte - UInt8(ascii: "A"))
+      case UInt8(ascii: "a") ... UInt8(ascii: "z"): value = UInt32(byte - UInt8(ascii: "a") + 26)
+      case UInt8(ascii: "0") ... UInt8(ascii: "9"): value = UInt32(byte - UInt8(ascii: "0") + 52)
+      case UInt8(ascii: "+"), UInt8(ascii: "-"): value = 62
+      case UInt8(ascii: "/"), UInt8(ascii: "_"): value = 63
+      case UInt8(ascii: "="):
+        sawPadding = true
+        continue
+      default:
+        return nil
+      }
+      if sawPadding { return nil }
+      accumulator = accumulator << 6 | value
+      bits += 6
+      if bits >= 8 {
+        bits -= 8
+        output.append(UInt8(truncatingIfNeeded: accumulator >> UInt32(bits)))
+      }
+    }
+    // 6 leftover bits can never encode a byte.
+    if bits >= 6 { return nil }
+    return output
+  }
+}

@@ -1,0 +1,235 @@
+public import GRPCCore
+
+extension HTTP2Connection {
+  /// Configuration of an ``HTTP2Connection``.
+  ///
+  /// Start from ``defaults`` and change what you need:
+  ///
+  /// ```swift
+  /// let config = HTTP2Connection.Config.defaults {
+  ///   $0.keepalive = .init(interval: .seconds(30), timeout: .seconds(10))
+  ///   $0.tls = .defaults { $0.trustRoots = .certificates(.file(path: "ca.pem")) }
+  /// }
+  /// ```
+  public struct Config: Sendable {
+    /// How long establishing a connection (TCP, TLS and the HTTP/2 preface) may take before the
+    /// attempt fails and is retried after a backoff.
+    public var connectTimeout: Duration
+
+    /// The delays between failed connection attempts.
+    public var backoff: Backoff
+
+    /// Client keep-alive pings; `nil` (the default, like grpc) sends none.
+    public var keepalive: Keepalive?
+
+    /// HTTP/2 settings and DoS limits.
+    public var http2: HTTP2
+
+    /// Per-RPC limits and headers.
+    public var rpc: RPC
+
+    /// TLS; `nil` means plaintext HTTP/2 ("h2c").
+    public var tls: TLS?
+
+    /// The service config whose method configs (timeouts, retry and hedging policies) and retry
+    /// throttling the `GRPCClient` applies to calls on this connection.
+    public var serviceConfig: ServiceConfig
+
+    /// Creates a configuration.
+    public init(
+      connectTimeout: Duration,
+      backoff: Backoff,
+      keepalive: Keepalive?,
+      http2: HTTP2,
+      rpc: RPC,
+      tls: TLS?,
+      serviceConfig: ServiceConfig
+    ) {
+      self.connectTimeout = connectTimeout
+      self.backoff = backoff
+      self.keepalive = keepalive
+      self.http2 = http2
+      self.rpc = rpc
+      self.tls = tls
+      self.serviceConfig = serviceConfig
+    }
+
+    /// Plaintext, 20 s connect timeout, grpc's backoff, no keep-alive, large flow-control windows
+    /// and a control-frame limit that tolerates grpc-go's BDP pings.
+    public static var defaults: Self {
+      Self(
+        connectTimeout: .seconds(20),
+        backoff: .defaults,
+        keepalive: nil,
+        http2: .defaults,
+        rpc: .defaults,
+        tls: nil,
+        serviceConfig: ServiceConfig()
+      )
+    }
+
+    /// The defaults, modified by `configure`.
+    public static func defaults(_ configure: (inout Self) -> Void) -> Self {
+      var config = Self.defaults
+      configure(&config)
+      return config
+    }
+  }
+
+  /// Exponential backoff with jitter between connection attempts (grpc's connection-backoff).
+  public struct Backoff: Sendable, Hashable {
+    /// The delay after the first failed attempt.
+    public var initial: Duration
+    /// The largest delay.
+    public var max: Duration
+    /// The factor applied to the delay after each failed attempt.
+    public var multiplier: Double
+    /// The random spread applied to each delay, as a fraction of it (0.2 means ±20 %).
+    public var jitter: Double
+
+    /// Creates a backoff policy.
+    public init(initial: Duration, max: Duration, multiplier: Double, jitter: Double) {
+      self.initial = initial
+      self.max = max
+      self.multiplier = multiplier
+      self.jitter = jitter
+    }
+
+    /// 1 s initial, 120 s max, ×1.6, ±20 % (grpc's defaults).
+    public static var defaults: Self {
+      Self(initial: .seconds(1), max: .seconds(120), multiplier: 1.6, jitter: 0.2)
+    }
+  }
+
+  /// Client keep-alive: a PING after `interval` without any frame from the server; the
+  /// connection is closed (and re-established) when its ACK does not arrive within `timeout`.
+  ///
+  /// grpc-go servers reject pings more frequent than their enforcement policy allows (5 min by
+  /// default, `--grpc-keepalive-min-time` 5 s for etcd) with GOAWAY `too_many_pings`.
+  public struct Keepalive: Sendable, Hashable {
+    /// The idle time after which a PING is sent.
+    public var interval: Duration
+    /// How long to wait for the PING's ACK.
+    public var timeout: Duration
+    /// Whether to ping when no RPC is open.
+    public var permitWithoutCalls: Bool
+
+    /// Creates a keep-alive policy.
+    public init(
+      interval: Duration,
+      timeout: Duration = .seconds(20),
+      permitWithoutCalls: Bool = false
+    ) {
+      self.interval = interval
+      self.timeout = timeout
+      self.permitWithoutCalls = permitWithoutCalls
+    }
+  }
+
+  /// A limit of `maximumCount` events per sliding `window`.
+  public struct RateLimit: Sendable, Hashable {
+    /// The number of events permitted within `window`.
+    public var maximumCount: Int
+    /// The sliding window.
+    public var window: Duration
+
+    /// Creates a rate limit.
+    public init(maximumCount: Int, window: Duration) {
+      self.maximumCount = maximumCount
+      self.window = window
+    }
+  }
+
+  /// HTTP/2 settings and the denial-of-service limits applied to the server's frames.
+  public struct HTTP2: Sendable, Hashable {
+    /// The per-stream receive window (SETTINGS_INITIAL_WINDOW_SIZE); also the amount of
+    /// unread response data buffered per stream before the server is made to wait.
+    public var streamWindowSize: Int
+
+    /// The connection-level receive window.
+    public var connectionWindowSize: Int
+
+    /// The largest frame the server may send (SETTINGS_MAX_FRAME_SIZE).
+    public var maxFrameSize: Int
+
+    /// The largest header block the server may send (SETTINGS_MAX_HEADER_LIST_SIZE).
+    public var maxHeaderListSize: Int
+
+    /// Inbound PING, SETTINGS and PRIORITY frames permitted per window before the connection is
+    /// closed with ENHANCE_YOUR_CALM.
+    ///
+    /// swift-nio-http2 defaults to 200 per 30 s, which grpc-go servers (etcd) exceed after ~200
+    /// calls: their BDP estimator sends a PING with nearly every response. A BDP estimator keeps
+    /// at most one PING outstanding, so its rate is bounded by the call rate; the default here
+    /// (2,000 per 100 ms, i.e. 20,000/s sustained) is above any realistic call rate on one
+    /// connection yet stops a flood (a peer can send millions of PINGs per second) within
+    /// 100 ms. A short window also keeps the limiter's timestamp buffer small (16 KB).
+    public var controlFrameRateLimit: RateLimit
+
+    /// Inbound RST_STREAM frames permitted per window (swift-nio-http2 default: 200 per 30 s).
+    /// grpc-go resets streams it finished or timed out, so this is raised like the control
+    /// frame limit.
+    public var resetFrameRateLimit: RateLimit
+
+    /// Creates HTTP/2 settings.
+    public init(
+      streamWindowSize: Int,
+      connectionWindowSize: Int,
+      maxFrameSize: Int,
+      maxHeaderListSize: Int,
+      controlFrameRateLimit: RateLimit,
+      resetFrameRateLimit: RateLimit
+    ) {
+      self.streamWindowSize = streamWindowSize
+      self.connectionWindowSize = connectionWindowSize
+      self.maxFrameSize = maxFrameSize
+      self.maxHeaderListSize = maxHeaderListSize
+      self.controlFrameRateLimit = controlFrameRateLimit
+      self.resetFrameRateLimit = resetFrameRateLimit
+    }
+
+    /// 4 MiB stream window, 8 MiB connection window, 16 KiB frames, 64 KiB header lists,
+    /// 2,000 control frames and 2,000 resets per 100 ms.
+    public static var defaults: Self {
+      Self(
+        streamWindowSize: 4 * 1024 * 1024,
+        connectionWindowSize: 8 * 1024 * 1024,
+        maxFrameSize: 1 << 14,
+        maxHeaderListSize: 64 * 1024,
+        controlFrameRateLimit: RateLimit(maximumCount: 2000, window: .milliseconds(100)),
+        resetFrameRateLimit: RateLimit(maximumCount: 2000, window: .milliseconds(100))
+      )
+    }
+  }
+
+  /// Per-RPC limits and headers.
+  public struct RPC: Sendable, Hashable {
+    /// The largest request message; larger ones fail the RPC with `resourceExhausted`.
+    /// `CallOptions.maxRequestMessageBytes` overrides it per call.
+    public var maxRequestMessageBytes: Int
+
+    /// The largest response message; larger ones fail the RPC with `resourceExhausted`.
+    /// `CallOptions.maxResponseMessageBytes` overrides it per call.
+    public var maxResponseMessageBytes: Int
+
+    /// The `:authority` of requests; `nil` uses the TLS server hostname if set, else the
+    /// target's `host:port`.
+    public var authority: String?
+
+    /// Creates RPC settings.
+    public init(maxRequestMessageBytes: Int, maxResponseMessageBytes: Int, authority: String?) {
+      self.maxRequestMessageBytes = maxRequestMessageBytes
+      self.maxResponseMessageBytes = maxResponseMessageBytes
+      self.authority = authority
+    }
+
+    /// 2 GiB - 1 requests, 4 MiB responses (grpc's defaults), authority from the target.
+    public static var defaults: Self {
+      Self(
+        maxRequestMessageBytes: Int(Int32.max),
+        maxResponseMessageBytes: 4 * 1024 * 1024,
+        authority: nil
+      )
+    }
+  }
+}

@@ -1,0 +1,773 @@
+public import GRPCCore
+public import Logging
+internal import NIOCore
+internal import NIOHTTP2
+internal import NIOPosix
+internal import NIOSSL
+internal import Synchronization
+
+/// A gRPC client connection to one endpoint over HTTP/2, usable as a grpc-swift-2
+/// `ClientTransport`.
+///
+/// It keeps one HTTP/2 connection open (reconnecting with backoff), survives grpc-go's BDP pings
+/// (see ``HTTP2Connection/HTTP2/controlFrameRateLimit``), drains on GOAWAY, and reports its
+/// ``ConnectivityState``. RPCs run on a single connection-level channel handler: no child channel
+/// per stream.
+///
+/// ```swift
+/// let connection = HTTP2Connection(target: .host("127.0.0.1", port: 2379), logger: logger)
+/// try await withGRPCClient(transport: connection) { client in
+///   let kv = Etcdserverpb_KV.Client(wrapping: client)
+///   …
+/// }
+/// ```
+///
+/// `GRPCClient.runConnections()` calls ``connect()``; to use the connection without a
+/// `GRPCClient`, run ``connect()`` in a task group and call ``beginGracefulShutdown()`` when done.
+public final class HTTP2Connection: ClientTransport, Sendable {
+  /// Messages are byte arrays, as generated code and GRPCProtobuf produce them.
+  public typealias Bytes = [UInt8]
+
+  /// The endpoint.
+  public let target: Target
+  /// The configuration.
+  public let config: Config
+  /// The retry throttle from the service config, if it has one.
+  public let retryThrottle: RetryThrottle?
+
+  private let logger: Logger
+  private let group: MultiThreadedEventLoopGroup
+  private let authority: String
+  private let methodConfigs: [MethodConfig.Name: MethodConfig]
+  private let state: Mutex<StateMachine>
+
+  /// Creates a connection; nothing happens until ``connect()`` runs.
+  ///
+  /// - Parameters:
+  ///   - target: The endpoint.
+  ///   - config: The configuration.
+  ///   - logger: Receives connection events (info and below).
+  public init(target: Target, config: Config = .defaults, logger: Logger) {
+    self.target = target
+    self.config = config
+    self.logger = logger
+    self.group = .singleton
+    self.authority =
+      config.rpc.authority ?? config.tls?.serverHostname.map { host in
+        switch target.kind {
+        case .host(_, let port): return "\(host):\(port)"
+        case .unixDomainSocket: return host
+        }
+      } ?? target.defaultAuthority
+
+    var methodConfigs: [MethodConfig.Name: MethodConfig] = [:]
+    for methodConfig in config.serviceConfig.methodConfig {
+      for name in methodConfig.names {
+        methodConfigs[name] = methodConfig
+      }
+    }
+    self.methodConfigs = methodConfigs
+    self.retryThrottle = config.serviceConfig.retryThrottling.map { RetryThrottle(policy: $0) }
+    self.state = Mutex(StateMachine())
+  }
+
+  // MARK: - Connectivity
+
+  /// The current connectivity state.
+  public var connectivityState: ConnectivityState {
+    self.state.withLock { $0.connectivity }
+  }
+
+  /// The current connectivity state followed by every change, until the connection shuts down.
+  ///
+  /// Each call returns an independent sequence. A consumer that falls behind sees the most recent
+  /// states (up to 32 are buffered).
+  public func connectivityStates() -> AsyncStream<ConnectivityState> {
+    let (stream, continuation) = AsyncStream.makeStream(
+      of: ConnectivityState.self,
+      bufferingPolicy: .bufferingNewest(32)
+    )
+    let id = self.state.withLock { state -> UInt64? in
+      // Yielding under the lock orders the current state before any concurrent update.
+      continuation.yield(state.connectivity)
+      if state.connectivity == .shutdown {
+        return nil
+      }
+      let id = state.makeID()
+      state.watchers[id] = continuation
+      return id
+    }
+    if let id {
+      continuation.onTermination = { [weak self] _ in
+        _ = self?.state.withLock { $0.watchers.removeValue(forKey: id) }
+      }
+    } else {
+      continuation.finish()
+    }
+    return stream
+  }
+
+  /// Starts connecting if the connection is idle after a previous connection was lost or
+  /// drained; RPCs do this implicitly. A load balancer calls it for endpoints it wants ready.
+  public func requestConnection() {
+    let idle = self.state.withLock { state -> Bool in
+      guard state.connectivity == .idle, !state.shuttingDown else { return false }
+      state.connectRequested = true
+      return true
+    }
+    if idle {
+      self.wake()
+    }
+  }
+
+  // MARK: - ClientTransport
+
+  /// Returns the service config's method config for `descriptor`: an exact match, else the
+  /// service's default, else the global default.
+  public func config(forMethod descriptor: MethodDescriptor) -> MethodConfig? {
+    guard !self.methodConfigs.isEmpty else { return nil }
+    let service = descriptor.service.fullyQualifiedService
+    return self.methodConfigs[MethodConfig.Name(service: service, method: descriptor.method)]
+      ?? self.methodConfigs[MethodConfig.Name(service: service, method: "")]
+      ?? self.methodConfigs[MethodConfig.Name(service: "", method: "")]
+  }
+
+  /// Keeps a connection to the target until ``beginGracefulShutdown()`` (after in-flight RPCs
+  /// finish) or until the calling task is cancelled (RPCs fail with `unavailable`).
+  ///
+  /// Connection attempts that fail are retried after ``Config/backoff``; a connection that is
+  /// lost or drained (GOAWAY) is replaced at once.
+  ///
+  /// - Throws: ``HTTP2ConnectionError`` if called twice or if the TLS configuration is unusable.
+  public func connect() async throws {
+    let sslContext = try self.config.tls?.makeSSLContext()
+    let alreadyStarted = self.state.withLock { state -> Bool in
+      if state.started { return true }
+      state.started = true
+      return false
+    }
+    if alreadyStarted {
+      throw HTTP2ConnectionError(
+        code: .alreadyRunning,
+        message: "connect() was already called; an HTTP2Connection runs once."
+      )
+    }
+
+    await withTaskCancellationHandler {
+      await self.run(sslContext: sslContext)
+    } onCancel: {
+      self.shutdown(force: true)
+    }
+  }
+
+  /// Stops new RPCs (they fail with `failedPrecondition`) and lets ``connect()`` return once the
+  /// in-flight ones have finished.
+  public func beginGracefulShutdown() {
+    self.shutdown(force: false)
+  }
+
+  /// Opens an HTTP/2 stream for one RPC and passes it to `closure`; the stream is reset if it is
+  /// still open when `closure` returns.
+  ///
+  /// If the connection is not ready, the call waits while a connection attempt is under way
+  /// (or, with `waitForReady`, until one succeeds) within the call's timeout, and fails with
+  /// `unavailable` while the connection is in transient failure.
+  public func withStream<T: Sendable>(
+    descriptor: MethodDescriptor,
+    options: CallOptions,
+    _ closure: (_ stream: RPCStream<Inbound, Outbound>, _ context: ClientContext) async throws -> T
+  ) async throws -> T {
+    let connection = try await self.reserveConnection(options: options)
+    defer { self.releaseConnection(connection) }
+
+    let stream = ClientStream(
+      connection: connection,
+      path: "/\(descriptor.service.fullyQualifiedService)/\(descriptor.method)",
+      authority: self.authority,
+      timeout: options.timeout,
+      maxRequestBytes: options.maxRequestMessageBytes ?? self.config.rpc.maxRequestMessageBytes,
+      maxResponseBytes: options.maxResponseMessageBytes ?? self.config.rpc.maxResponseMessageBytes
+    )
+    defer { stream.close() }
+
+    let rpcStream = RPCStream(
+      descriptor: descriptor,
+      inbound: RPCAsyncSequence(wrapping: ClientStreamInbound(stream: stream)),
+      outbound: RPCWriter.Closable(wrapping: ClientStreamOutbound(stream: stream))
+    )
+    let context = ClientContext(
+      descriptor: descriptor,
+      remotePeer: connection.remotePeer,
+      localPeer: connection.localPeer
+    )
+
+    return try await withTaskCancellationHandler {
+      try await closure(rpcStream, context)
+    } onCancel: {
+      stream.cancel(RPCError(code: .cancelled, message: "The RPC was cancelled."))
+    }
+  }
+
+  // MARK: - Streams and connections
+
+  private func reserveConnection(options: CallOptions) async throws -> ActiveConnection {
+    let waitForReady = options.waitForReady ?? false
+    switch self.state.withLock({ $0.reserve(waitForReady: waitForReady) }) {
+    case .reserved(let connection):
+      return connection
+    case .fail(let error):
+      throw error
+    case .wait(let wakeLoop):
+      if wakeLoop {
+        self.wake()
+      }
+      return try await self.waitForConnection(waitForReady: waitForReady, timeout: options.timeout)
+    }
+  }
+
+  private func waitForConnection(
+    waitForReady: Bool,
+    timeout: Duration?
+  ) async throws -> ActiveConnection {
+    let id = self.state.withLock { $0.makeID() }
+    return try await withTaskCancellationHandler {
+      try await withCheckedThrowingContinuation { continuation in
+        var timer: Scheduled<Void>?
+        if let timeout {
+          timer = self.group.any().scheduleTask(in: TimeAmount(timeout)) {
+            let waiter = self.state.withLock { $0.waiters.removeValue(forKey: id) }
+            waiter?.continuation.resume(
+              throwing: RPCError(
+                code: .deadlineExceeded,
+                message:
+                  "The RPC's deadline passed while waiting for a connection to \(self.target)."
+              )
+            )
+          }
+        }
+        let action = self.state.withLock {
+          $0.enqueue(
+            Waiter(continuation: continuation, waitForReady: waitForReady, timer: timer),
+            id: id
+          )
+        }
+        switch action {
+        case .reserved(let connection):
+          timer?.cancel()
+          continuation.resume(returning: connection)
+        case .fail(let error):
+          timer?.cancel()
+          continuation.resume(throwing: error)
+        case .wait(let wakeLoop):
+          if wakeLoop {
+            self.wake()
+          }
+        }
+      }
+    } onCancel: {
+      let waiter = self.state.withLock { $0.waiters.removeValue(forKey: id) }
+      waiter?.timer?.cancel()
+      waiter?.continuation.resume(
+        throwing: RPCError(
+          code: .cancelled,
+          message: "The RPC was cancelled while waiting for a connection."
+        )
+      )
+    }
+  }
+
+  private func releaseConnection(_ connection: ActiveConnection) {
+    let close = self.state.withLock { $0.release(connection.id) }
+    if close {
+      connection.channel.close(promise: nil)
+    }
+  }
+
+  // MARK: - Connection loop
+
+  private func run(sslContext: NIOSSLContext?) async {
+    var backoff = BackoffIterator(self.config.backoff)
+    var attempt = 0
+
+    loop: while true {
+      switch self.state.withLock({ $0.nextStep() }) {
+      case .stop:
+        break loop
+      case .waitForDemand:
+        await self.park()
+        continue loop
+      case .connect(let update):
+        self.publish(update)
+      }
+      attempt += 1
+
+      do {
+        let connection = try await self.establish(sslContext: sslContext)
+        let (accepted, waiters, update) = self.state.withLock { $0.ready(connection) }
+        guard accepted else {
+          connection.channel.close(promise: nil)
+          break loop
+        }
+        for waiter in waiters {
+          waiter.timer?.cancel()
+          waiter.continuation.resume(returning: connection)
+        }
+        self.publish(update)
+        self.logger.debug(
+          "Connected",
+          metadata: ["grpc.target": "\(self.target)", "grpc.connect_attempt": "\(attempt)"]
+        )
+        backoff.reset()
+        attempt = 0
+
+        // Serve until the connection stops taking new streams (lost, GOAWAY, shutdown).
+        while self.state.withLock({ $0.isCurrent(connection.id) }) {
+          await self.park()
+        }
+      } catch {
+        let rpcError = RPCError(
+          code: .unavailable,
+          message: "Could not connect to \(self.target): \(error).",
+          cause: error
+        )
+        let (failed, update) = self.state.withLock { $0.connectFailed(rpcError) }
+        for waiter in failed {
+          waiter.timer?.cancel()
+          waiter.continuation.resume(throwing: rpcError)
+        }
+        self.publish(update)
+        let delay = backoff.next()
+        self.logger.debug(
+          "Connection attempt failed",
+          metadata: [
+            "grpc.target": "\(self.target)", "grpc.error": "\(error)",
+            "grpc.connect_attempt": "\(attempt)", "grpc.backoff": "\(delay)",
+          ]
+        )
+        // Other events (an old connection closing) also wake the loop: sleep out the backoff.
+        let until = NIODeadline.now() + TimeAmount(delay)
+        let timer = self.group.any().scheduleTask(deadline: until) { self.wake() }
+        repeat {
+          await self.park()
+        } while NIODeadline.now() < until && !self.state.withLock({ $0.shuttingDown })
+        timer.cancel()
+      }
+    }
+
+    // Shut down: wait for every channel (draining ones included) to close.
+    let channels = self.state.withLock { $0.connections.values.map { $0.connection.channel } }
+    for channel in channels {
+      try? await channel.closeFuture.get()
+    }
+    self.finishWatchers()
+  }
+
+  /// Connects TCP (and TLS) and waits for the server's SETTINGS, within the connect timeout.
+  private func establish(sslContext: NIOSSLContext?) async throws -> ActiveConnection {
+    let eventLoop = self.group.next()
+    let deadline = NIODeadline.now() + TimeAmount(self.config.connectTimeout)
+    let readyPromise = eventLoop.makePromise(of: Void.self)
+    let id = self.state.withLock { $0.makeID() }
+    let settings = ConnectionHandler.Settings(
+      streamWindowSize: self.config.http2.streamWindowSize,
+      connectionWindowSize: self.config.http2.connectionWindowSize,
+      keepalive: self.config.keepalive
+    )
+    let connectionConfiguration = self.makeHTTP2ConnectionConfiguration()
+    let streamConfiguration = self.makeHTTP2StreamConfiguration()
+    let serverHostname = self.config.tls?.serverHostname ?? self.target.host
+    let logger = self.logger
+    let onEvent: @Sendable (ConnectionEvent) -> Void = { [weak self] event in
+      self?.handle(event, connectionID: id)
+    }
+
+    let bootstrap = ClientBootstrap(group: eventLoop)
+      .connectTimeout(TimeAmount(self.config.connectTimeout))
+      .channelInitializer { channel in
+        channel.eventLoop.makeCompletedFuture {
+          let sync = channel.pipeline.syncOperations
+          if let sslContext {
+            // SNI must not be an IP address.
+            let sni = serverHostname.flatMap {
+              (try? SocketAddress(ipAddress: $0, port: 0)) == nil ? $0 : nil
+            }
+            try sync.addHandler(NIOSSLClientHandler(context: sslContext, serverHostname: sni))
+          }
+          try sync.addHandler(
+            NIOHTTP2Handler(
+              mode: .client,
+              connectionConfiguration: connectionConfiguration,
+              streamConfiguration: streamConfiguration
+            )
+          )
+          try sync.addHandler(
+            ConnectionHandler(
+              settings: settings,
+              readyPromise: readyPromise,
+              logger: logger,
+              onEvent: onEvent
+            )
+          )
+        }
+      }
+
+    let channel: any Channel
+    do {
+      switch self.target.kind {
+      case .host(let host, let port):
+        channel = try await bootstrap.connect(host: host, port: port).get()
+      case .unixDomainSocket(let path):
+        channel = try await bootstrap.connect(unixDomainSocketPath: path).get()
+      }
+    } catch {
+      readyPromise.fail(error)
+      throw error
+    }
+
+    let timeout = eventLoop.scheduleTask(deadline: deadline) {
+      readyPromise.fail(
+        HTTP2ConnectionError(
+          code: .connectFailed,
+          message:
+            "The server did not complete the TLS/HTTP/2 handshake within the connect timeout."
+        )
+      )
+    }
+    do {
+      try await readyPromise.futureResult.get()
+      timeout.cancel()
+    } catch {
+      timeout.cancel()
+      channel.close(promise: nil)
+      throw error
+    }
+
+    let handler = try await eventLoop.submit {
+      NIOLoopBound(
+        try channel.pipeline.syncOperations.handler(type: ConnectionHandler.self),
+        eventLoop: eventLoop
+      )
+    }.get()
+
+    return ActiveConnection(
+      id: id,
+      channel: channel,
+      handler: handler,
+      scheme: sslContext == nil ? "http" : "https",
+      streamWindowSize: self.config.http2.streamWindowSize
+    )
+  }
+
+  private func makeHTTP2ConnectionConfiguration() -> NIOHTTP2Handler.ConnectionConfiguration {
+    var configuration = NIOHTTP2Handler.ConnectionConfiguration()
+    configuration.initialSettings = [
+      HTTP2Setting(parameter: .enablePush, value: 0),
+      HTTP2Setting(
+        parameter: .initialWindowSize,
+        value: min(self.config.http2.streamWindowSize, Int(Int32.max))
+      ),
+      HTTP2Setting(parameter: .maxFrameSize, value: self.config.http2.maxFrameSize),
+      HTTP2Setting(parameter: .maxHeaderListSize, value: self.config.http2.maxHeaderListSize),
+    ]
+    configuration.targetWindowSize = self.config.http2.connectionWindowSize
+    // Frames for streams this client reset recently are dropped silently; beyond this many they
+    // count as stream errors. Cancellation-heavy loads reset many streams, so keep more (4 B each).
+    configuration.maximumRecentlyResetStreams = 1024
+    // Glitches (stream errors) are counted over the connection's whole life; a long-lived
+    // connection to a server would eventually hit swift-nio-http2's default of 200.
+    configuration.maximumConnectionGlitches = 10_000
+    var controlFrames = NIOHTTP2Handler.ControlFrameRateLimitConfiguration()
+    controlFrames.maximumCount = self.config.http2.controlFrameRateLimit.maximumCount
+    controlFrames.windowLength = TimeAmount(self.config.http2.controlFrameRateLimit.window)
+    configuration.controlFrameRateLimit = controlFrames
+    return configuration
+  }
+
+  private func makeHTTP2StreamConfiguration() -> NIOHTTP2Handler.StreamConfiguration {
+    var configuration = NIOHTTP2Handler.StreamConfiguration()
+    configuration.targetWindowSize = self.config.http2.streamWindowSize
+    var resets = NIOHTTP2Handler.StreamResetFrameRateLimitConfiguration()
+    resets.maximumCount = self.config.http2.resetFrameRateLimit.maximumCount
+    resets.windowLength = TimeAmount(self.config.http2.resetFrameRateLimit.window)
+    configuration.streamResetFrameRateLimit = resets
+    var streamErrors = NIOHTTP2Handler.StreamErrorRateLimitConfiguration()
+    streamErrors.maximumCount = resets.maximumCount
+    streamErrors.windowLength = resets.windowLength
+    configuration.streamErrorRateLimit = streamErrors
+    return configuration
+  }
+
+  /// Events from a connection's handler, on its event loop.
+  private func handle(_ event: ConnectionEvent, connectionID: UInt64) {
+    switch event {
+    case .draining(let reason):
+      self.logger.debug(
+        "Connection draining",
+        metadata: ["grpc.target": "\(self.target)", "grpc.reason": "\(reason)"]
+      )
+      let update = self.state.withLock { $0.draining(connectionID) }
+      self.publish(update)
+      self.wake()
+    case .closed(let error):
+      self.logger.debug(
+        "Connection closed",
+        metadata: [
+          "grpc.target": "\(self.target)", "grpc.error": "\(error.map { "\($0)" } ?? "none")",
+        ]
+      )
+      let update = self.state.withLock { $0.closed(connectionID) }
+      self.publish(update)
+      self.wake()
+    }
+  }
+
+  private func shutdown(force: Bool) {
+    let (waiters, channels, update) = self.state.withLock { $0.shutdown(force: force) }
+    let error = RPCError(
+      code: .failedPrecondition,
+      message: "The connection to \(self.target) is shutting down; no new RPCs can start."
+    )
+    for waiter in waiters {
+      waiter.timer?.cancel()
+      waiter.continuation.resume(throwing: error)
+    }
+    for channel in channels {
+      channel.close(promise: nil)
+    }
+    self.publish(update)
+    self.wake()
+    if !self.state.withLock({ $0.started }) {
+      // connect() never ran, so nothing else will end the watchers' sequences.
+      self.finishWatchers()
+    }
+  }
+
+  private func park() async {
+    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+      let resume = self.state.withLock { state -> Bool in
+        if state.wakeupPending {
+          state.wakeupPending = false
+          return true
+        }
+        state.loopWaiter = continuation
+        return false
+      }
+      if resume {
+        continuation.resume()
+      }
+    }
+  }
+
+  private func wake() {
+    let waiter = self.state.withLock { state -> CheckedContinuation<Void, Never>? in
+      if let waiter = state.loopWaiter {
+        state.loopWaiter = nil
+        return waiter
+      }
+      state.wakeupPending = true
+      return nil
+    }
+    waiter?.resume()
+  }
+
+  private func publish(_ update: StateMachine.Update?) {
+    guard let update else { return }
+    for watcher in update.watchers {
+      watcher.yield(update.state)
+    }
+  }
+
+  private func finishWatchers() {
+    let (watchers, update) = self.state.withLock { state in
+      let update = state.setConnectivity(.shutdown)
+      let watchers = Array(state.watchers.values)
+      state.watchers.removeAll()
+      return (watchers, update)
+    }
+    self.publish(update)
+    for watcher in watchers {
+      watcher.finish()
+    }
+  }
+}
+
+extension HTTP2Connection {
+  struct Waiter {
+    var continuation: CheckedContinuation<ActiveConnection, any Error>
+    var waitForReady: Bool
+    var timer: Scheduled<Void>?
+  }
+
+  /// The connection's lifecycle, guarded by a `Mutex`; returns side effects to run unlocked.
+  struct StateMachine {
+    struct Entry {
+      var connection: ActiveConnection
+      var reserved = 0
+      var draining = false
+    }
+
+    struct Update {
+      var state: ConnectivityState
+      var watchers: [AsyncStream<ConnectivityState>.Continuation]
+    }
+
+    enum ReserveAction {
+      case reserved(ActiveConnection)
+      /// `wakeLoop`: the connection was idle and the loop must start connecting.
+      case wait(wakeLoop: Bool)
+      case fail(RPCError)
+    }
+
+    private(set) var connectivity: ConnectivityState = .idle
+    private var current: ActiveConnection?
+    private var lastError: RPCError?
+    var started = false
+    var shuttingDown = false
+    var connections: [UInt64: Entry] = [:]
+    var waiters: [UInt64: Waiter] = [:]
+    var watchers: [UInt64: AsyncStream<ConnectivityState>.Continuation] = [:]
+    var loopWaiter: CheckedContinuation<Void, Never>?
+    var wakeupPending = false
+    /// Set when an RPC (or ``HTTP2Connection/requestConnection()``) needs a connection while
+    /// idle; the connection loop waits for it after a connection was lost or drained.
+    var connectRequested = false
+    /// The first connection is made eagerly; later ones on demand.
+    var hadConnection = false
+    private var nextID: UInt64 = 0
+
+    mutating func makeID() -> UInt64 {
+      self.nextID += 1
+      return self.nextID
+    }
+
+    mutating func setConnectivity(_ new: ConnectivityState) -> Update? {
+      guard new != self.connectivity, self.connectivity != .shutdown else { return nil }
+      self.connectivity = new
+      return Update(state: new, watchers: Array(self.watchers.values))
+    }
+
+    private var shutdownError: RPCError {
+      RPCError(
+        code: .failedPrecondition,
+        message: "The connection is shutting down; no new RPCs can start."
+      )
+    }
+
+    mutating func reserve(waitForReady: Bool) -> ReserveAction {
+      if self.shuttingDown {
+        return .fail(self.shutdownError)
+      }
+      if let current = self.current, self.connections[current.id] != nil {
+        self.connections[current.id]?.reserved += 1
+        return .reserved(current)
+      }
+      if self.connectivity == .transientFailure, !waitForReady {
+        return .fail(
+          self.lastError
+            ?? RPCError(code: .unavailable, message: "The connection is in transient failure.")
+        )
+      }
+      if self.connectivity == .idle, self.hadConnection, !self.connectRequested {
+        // An idle connection reconnects when an RPC needs it (grpc's connectivity semantics).
+        self.connectRequested = true
+        return .wait(wakeLoop: true)
+      }
+      return .wait(wakeLoop: false)
+    }
+
+    mutating func enqueue(_ waiter: Waiter, id: UInt64) -> ReserveAction {
+      let action = self.reserve(waitForReady: waiter.waitForReady)
+      if case .wait = action {
+        self.waiters[id] = waiter
+      }
+      return action
+    }
+
+    /// Returns whether the connection's channel should now be closed.
+    mutating func release(_ id: UInt64) -> Bool {
+      guard let index = self.connections.index(forKey: id) else { return false }
+      self.connections.values[index].reserved -= 1
+      let entry = self.connections.values[index]
+      return entry.draining && entry.reserved == 0 && self.shuttingDown
+    }
+
+    enum NextStep {
+      case connect(Update?)
+      case waitForDemand
+      case stop
+    }
+
+    /// What the connection loop does next: connect (eagerly at first and after failed attempts,
+    /// on demand after an established connection ended), wait, or stop.
+    mutating func nextStep() -> NextStep {
+      if self.shuttingDown { return .stop }
+      if self.connectivity == .idle, self.hadConnection, !self.connectRequested {
+        return .waitForDemand
+      }
+      self.connectRequested = false
+      return .connect(self.setConnectivity(.connecting))
+    }
+
+    mutating func ready(_ connection: ActiveConnection) -> (Bool, [Waiter], Update?) {
+      if self.shuttingDown {
+        return (false, [], nil)
+      }
+      let waiters = Array(self.waiters.values)
+      self.waiters.removeAll()
+      self.connections[connection.id] = Entry(connection: connection, reserved: waiters.count)
+      self.current = connection
+      self.hadConnection = true
+      self.lastError = nil
+      return (true, waiters, self.setConnectivity(.ready))
+    }
+
+    mutating func connectFailed(_ error: RPCError) -> ([Waiter], Update?) {
+      self.lastError = error
+      var failed: [Waiter] = []
+      for (id, waiter) in self.waiters where !waiter.waitForReady {
+        failed.append(waiter)
+        self.waiters.removeValue(forKey: id)
+      }
+      return (failed, self.setConnectivity(.transientFailure))
+    }
+
+    func isCurrent(_ id: UInt64) -> Bool {
+      !self.shuttingDown && self.current?.id == id
+    }
+
+    mutating func draining(_ id: UInt64) -> Update? {
+      self.connections[id]?.draining = true
+      if self.current?.id == id {
+        self.current = nil
+        return self.shuttingDown ? nil : self.setConnectivity(.idle)
+      }
+      return nil
+    }
+
+    mutating func closed(_ id: UInt64) -> Update? {
+      self.connections.removeValue(forKey: id)
+      if self.current?.id == id {
+        self.current = nil
+        return self.shuttingDown ? nil : self.setConnectivity(.idle)
+      }
+      return nil
+    }
+
+    mutating func shutdown(force: Bool) -> ([Waiter], [any Channel], Update?) {
+      let waiters = Array(self.waiters.values)
+      self.waiters.removeAll()
+      var channels: [any Channel] = []
+      if !self.shuttingDown || force {
+        self.shuttingDown = true
+        self.current = nil
+        for (id, entry) in self.connections {
+          self.connections[id]?.draining = true
+          if force || entry.reserved == 0 {
+            channels.append(entry.connection.channel)
+          }
+        }
+      }
+      return (waiters, channels, self.setConnectivity(.shutdown))
+    }
+  }
+}

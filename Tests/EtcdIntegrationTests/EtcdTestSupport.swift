@@ -1,0 +1,56 @@
+import Etcd
+import EtcdHarness
+import Foundation
+import Logging
+
+/// A logger for tests: quiet unless `TEST_LOG_LEVEL` is set (trace, debug, info, ...).
+func testLogger(_ label: String) -> Logger {
+  var logger = Logger(label: label)
+  let level = ProcessInfo.processInfo.environment["TEST_LOG_LEVEL"].flatMap(
+    Logger.Level.init(rawValue:)
+  )
+  logger.logLevel = level ?? .critical
+  return logger
+}
+
+/// A unique key prefix for one test, so tests can share an etcd.
+func uniquePrefix(_ name: String = "test") -> String {
+  "/\(name)-\(UUID().uuidString.prefix(8))/"
+}
+
+extension EtcdClient.Configuration {
+  /// A configuration for the cluster's endpoints (TLS filled in when the cluster uses it).
+  static func testing(
+    _ cluster: EtcdCluster,
+    _ configure: (inout EtcdClient.Configuration) -> Void = { _ in }
+  ) -> EtcdClient.Configuration {
+    .defaults {
+      $0.endpoints = cluster.endpoints
+      if let certificates = cluster.certificates {
+        $0.tls = .init(
+          caCertificatePath: certificates.caCertificate,
+          clientCertificatePath: cluster.options.clientCertificateAuth
+            ? certificates.clientCertificate : nil,
+          clientKeyPath: cluster.options.clientCertificateAuth ? certificates.clientKey : nil
+        )
+      }
+      configure(&$0)
+    }
+  }
+}
+
+/// Starts etcd and a client on it for the duration of `body`.
+func withEtcdClient<T: Sendable>(
+  cluster options: EtcdCluster.Options = .defaults,
+  configure: (inout EtcdClient.Configuration) -> Void = { _ in },
+  _ body: (EtcdClient, EtcdCluster) async throws -> T
+) async throws -> T {
+  try await withEtcdCluster(options) { cluster in
+    try await withEtcdClient(
+      configuration: .testing(cluster, configure),
+      logger: testLogger("etcd-client")
+    ) { client in
+      try await body(client, cluster)
+    }
+  }
+}
