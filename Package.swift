@@ -23,6 +23,8 @@ let package = Package(
     .executable(name: "registry-demo", targets: ["registry-demo"]),
     .executable(name: "user-server", targets: ["user-server"]),
     .executable(name: "user-client", targets: ["user-client"]),
+    .executable(name: "registry-bench", targets: ["registry-bench"]),
+    .executable(name: "registryctl", targets: ["registryctl"]),
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
@@ -167,6 +169,33 @@ let package = Package(
         .product(name: "Logging", package: "swift-log"),
       ],
       path: "Examples/user-client",
+      swiftSettings: strictSettings
+    ),
+    // One benchmark command for the whole system; prints JSON lines and a table.
+    .executableTarget(
+      name: "registry-bench",
+      dependencies: [
+        "RegistryCore",
+        "Etcd",
+        "EtcdRegistry",
+        "EtcdHarness",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "Logging", package: "swift-log"),
+      ],
+      path: "Benchmarks/registry-bench",
+      swiftSettings: strictSettings
+    ),
+    // Operates the registry on etcd: list, watch, register, deregister, status.
+    .executableTarget(
+      name: "registryctl",
+      dependencies: [
+        "RegistryCore",
+        "Etcd",
+        "EtcdRegistry",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "Logging", package: "swift-log"),
+      ],
+      path: "Sources/registryctl",
       swiftSettings: strictSettings
     ),
     .testTarget(

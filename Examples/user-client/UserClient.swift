@@ -1,0 +1,153 @@
+import ArgumentParser
+import EtcdRegistry
+import Foundation
+import GRPCCore
+import GRPCRegistry
+import Logging
+import RegistryCore
+import Synchronization
+import UserService
+
+/// The example client: calls user.UserMesService through the registry and reports where the
+/// calls went.
+@main
+struct UserClient: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "user-client",
+    abstract: "Calls user.UserMesService/GetById through etcd discovery and prints a JSON summary.",
+    discussion: """
+      Output: {"calls":N,"ok":N,"failed":N,"servers":{"<address>":N,…},"callsPerSecond":X}.
+      Each response's user name is the address of the server that answered.
+      """
+  )
+
+  @Option(help: "etcd endpoints, host:port[,host:port]. Required.")
+  var etcd: String?
+
+  @Option(help: "The target, registry://<service>[?group=<group>].")
+  var target = "registry://user-server"
+
+  @Option(help: "The group of every call (overrides the target's group).")
+  var group: String?
+
+  @Option(help: "The number of calls.")
+  var calls = 1000
+
+  @Option(help: "Calls in flight at once.")
+  var concurrency = 8
+
+  @Option(help: "The registry's key prefix.")
+  var prefix = "/micro"
+
+  @Option(help: "Seconds each call may take.")
+  var timeout = 5.0
+
+  func validate() throws {
+    guard let etcd, !etcd.isEmpty else {
+      throw ValidationError(
+        "user-client discovers servers in etcd: pass --etcd host:port[,host:port] (for example --etcd 127.0.0.1:2379)."
+      )
+    }
+    guard self.calls >= 0 else { throw ValidationError("--calls must not be negative") }
+    guard self.concurrency >= 1 else { throw ValidationError("--concurrency must be at least 1") }
+  }
+
+  func run() async throws {
+    var logger = Logger(label: "user-client")
+    logger.logLevel = .warning
+    let target: RegistryTarget
+    do {
+      target = try RegistryTarget(parsing: self.target)
+    } catch {
+      throw ValidationError(error.message)
+    }
+    let endpoints = (self.etcd ?? "").split(separator: ",").map { String($0) }
+    let configuration = EtcdServiceRegistry.Configuration.defaults {
+      $0.etcd.endpoints = endpoints
+      $0.keyPrefix = self.prefix
+    }
+    let summary = try await withEtcdServiceRegistry(configuration: configuration, logger: logger) {
+      registry in
+      let transport = RegistryClientTransport(target: target, registry: registry, logger: logger)
+      return try await withGRPCClient(transport: transport) { client in
+        try await self.callAll(User_UserMesService.Client(wrapping: client))
+      }
+    }
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys]
+    print(String(decoding: try encoder.encode(summary), as: UTF8.self))
+    fflush(nil)
+  }
+
+  private func callAll(
+    _ users: User_UserMesService.Client<RegistryClientTransport>
+  ) async throws -> Summary {
+    let next = Counter()
+    let tally = SummaryBox(Summary(calls: self.calls))
+    let options = CallOptions.defaults(timeout: .milliseconds(Int(self.timeout * 1000)))
+    let start = ContinuousClock.now
+    await withDiscardingTaskGroup { group in
+      for _ in 0 ..< min(self.concurrency, max(self.calls, 1)) {
+        group.addTask {
+          while true {
+            let index = next.increment()
+            guard index <= self.calls else { return }
+            var request = User_GetByIdReq()
+            request.id = Int64(index)
+            do {
+              let name = try await withRegistryGroup(self.group) {
+                try await users.getById(request, options: options).user.name
+              }
+              tally.state.withLock {
+                $0.ok += 1
+                $0.servers[name, default: 0] += 1
+              }
+            } catch {
+              tally.state.withLock {
+                $0.failed += 1
+                if $0.errors.count < 3 { $0.errors.append("\(error)") }
+              }
+            }
+          }
+        }
+      }
+    }
+    let elapsed = ContinuousClock.now - start
+    let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+    return tally.state.withLock { summary in
+      summary.callsPerSecond =
+        seconds > 0 ? (Double(summary.ok + summary.failed) / seconds).rounded() : 0
+      return summary
+    }
+  }
+}
+
+/// The JSON summary the client prints.
+struct Summary: Codable, Sendable {
+  var calls: Int
+  var ok = 0
+  var failed = 0
+  var servers: [String: Int] = [:]
+  var callsPerSecond = 0.0
+  var errors: [String] = []
+}
+
+/// The index of the next call, shared by the callers.
+final class Counter: Sendable {
+  private let value = Atomic<Int>(0)
+  func increment() -> Int { self.value.add(1, ordering: .relaxed).newValue }
+}
+
+/// The summary, updated by the callers.
+final class SummaryBox: Sendable {
+  let state: Mutex<Summary>
+  init(_ summary: Summary) { self.state = Mutex(summary) }
+}
+
+extension CallOptions {
+  static func defaults(timeout: Duration) -> Self {
+    var options = Self.defaults
+    options.timeout = timeout
+    return options
+  }
+}

@@ -1,0 +1,135 @@
+import ArgumentParser
+import EtcdRegistry
+import Foundation
+import GRPCRegistry
+import Logging
+import RegistryCore
+import ServiceLifecycle
+import UserService
+
+/// The example server: serves `user.UserMesService` and registers itself in etcd.
+@main
+struct UserServer: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "user-server",
+    abstract: "Serves user.UserMesService and registers it in etcd until SIGTERM or SIGINT.",
+    discussion: """
+      Prints 'READY <advertised address>' on its own line once registered. On SIGTERM or SIGINT
+      it deregisters, waits the drain delay, finishes its calls and exits 0.
+      """
+  )
+
+  @Option(help: "etcd endpoints, host:port[,host:port]. Required.")
+  var etcd: String?
+
+  @Option(help: "The service name to register.")
+  var name = "user-server"
+
+  @Option(help: "The address to listen on, host:port; port 0 picks a free port.")
+  var listen = "127.0.0.1:0"
+
+  @Option(help: "The address clients should dial, host:port (default: the bound address).")
+  var advertise: String?
+
+  @Option(help: "The instance's weight (0 counts as 1).")
+  var weight = 1
+
+  @Option(help: "The instance's group (empty for none).")
+  var group = ""
+
+  @Option(help: "Time to live of the registration's lease, in seconds.")
+  var ttl = 10
+
+  @Option(help: "The registry's key prefix.")
+  var prefix = "/micro"
+
+  @Option(help: "Seconds between deregistering and stopping, for clients to move away.")
+  var drain = 1.0
+
+  func validate() throws {
+    guard let etcd, !etcd.isEmpty else {
+      throw ValidationError(
+        """
+        user-server registers itself in etcd and needs its address: pass --etcd host:port[,host:port] \
+        (for example --etcd 127.0.0.1:2379 for a local etcd). To see the registry without etcd, \
+        run 'swift run registry-demo'.
+        """
+      )
+    }
+    guard self.ttl >= 2 else {
+      throw ValidationError("--ttl must be at least 2 seconds (etcd's minimum)")
+    }
+    guard self.drain >= 0 else { throw ValidationError("--drain must not be negative") }
+  }
+
+  func run() async throws {
+    var logger = Logger(label: "user-server")
+    logger.logLevel = .info
+    let (host, port) = try Self.parseListen(self.listen)
+    let endpoints = (self.etcd ?? "").split(separator: ",").map { String($0) }
+    let registry = try EtcdServiceRegistry(
+      configuration: .defaults {
+        $0.etcd.endpoints = endpoints
+        $0.keyPrefix = self.prefix
+        $0.leaseTTL = .seconds(self.ttl)
+      },
+      logger: logger
+    )
+    let config = RegisteredServer.Config(name: self.name) {
+      $0.host = host
+      $0.port = port
+      $0.advertisedAddress = self.advertise
+      $0.weight = self.weight
+      $0.group = self.group
+      $0.drainDelay = .milliseconds(Int(self.drain * 1000))
+    }
+    let server = RegisteredServer(config: config, registry: registry, logger: logger) { server in
+      [UserDirectory(name: { server.advertisedAddress ?? "" })]
+    }
+    let group = ServiceGroup(
+      configuration: ServiceGroupConfiguration(
+        services: [
+          // Shut down in reverse order: the server deregisters while the registry still runs.
+          .init(service: registry),
+          .init(service: server),
+          .init(service: ReadyReporter(server: server), successTerminationBehavior: .ignore),
+        ],
+        gracefulShutdownSignals: [.sigterm, .sigint],
+        logger: logger
+      )
+    )
+    do {
+      try await group.run()
+    } catch let error as GRPCRegistryError {
+      FileHandle.standardError.write(Data("user-server: \(error.message)\n".utf8))
+      throw ExitCode.failure
+    }
+  }
+
+  static func parseListen(_ text: String) throws -> (String, Int) {
+    guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
+      (0 ... 65535).contains(port)
+    else {
+      throw ValidationError(
+        "--listen '\(text)' is not host:port (port 0 to 65535), such as 0.0.0.0:8082"
+      )
+    }
+    var host = String(text[..<colon])
+    if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+    return (host.isEmpty ? "0.0.0.0" : host, port)
+  }
+}
+
+/// Prints `READY <address>` once the server is registered.
+struct ReadyReporter: Service {
+  let server: RegisteredServer
+
+  func run() async throws {
+    let instance = try await cancelWhenGracefulShutdown {
+      try await self.server.registeredInstance()
+    }
+    print("READY \(instance.address)")
+    // Whoever started us reads this line from a pipe: do not leave it in a buffer.
+    fflush(nil)
+  }
+}

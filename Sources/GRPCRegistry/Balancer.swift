@@ -1,0 +1,367 @@
+import GRPCCore
+import RegistryCore
+
+/// The routing state of a ``RegistryClientTransport``: the instances, their connection and
+/// health states, outstanding calls and ejections, and the picker. Kept in a `Mutex` by the
+/// transport; every method is synchronous and returns the side effects to run after unlocking.
+struct Balancer {
+  enum Health: Hashable, Sendable {
+    /// No answer yet.
+    case unknown
+    /// The instance reported SERVING.
+    case serving
+    /// The instance does not implement the health service (or checking is disabled).
+    case notWatched
+    /// The instance reported NOT_SERVING or SERVICE_UNKNOWN.
+    case notServing
+    /// The health stream failed or ended.
+    case broken
+
+    var excludes: Bool { self == .notServing || self == .broken }
+    var confirmed: Bool { self == .serving || self == .notWatched }
+  }
+
+  enum Connectivity: Hashable, Sendable {
+    case idle, connecting, ready, transientFailure, shutdown
+  }
+
+  struct Entry {
+    let subchannel: Subchannel
+    var instance: ServiceInstance
+    /// No longer in the registry (or the transport is shutting down): never picked again.
+    var removed = false
+    /// Its connection was told to close.
+    var closing = false
+    var connectivity: Connectivity = .idle
+    var health: Health
+    var currentWeight = 0
+    var outstanding = 0
+    var consecutiveFailures = 0
+    var ejectedUntil: ContinuousClock.Instant?
+    var ejections = 0
+    var onProbation = false
+
+    var isEjected: Bool { self.ejectedUntil != nil }
+  }
+
+  let service: String
+  let policy: RegistryClientTransport.LoadBalancingPolicy
+  let outlier: RegistryClientTransport.OutlierDetection
+  let healthChecking: Bool
+
+  private(set) var entries: [UInt64: Entry] = [:]
+  /// The registered instances: address to the id of its live entry.
+  private(set) var active: [String: UInt64] = [:]
+  private(set) var hasSnapshot = false
+  private(set) var shuttingDown = false
+  private(set) var generation: UInt64 = 0
+  private var nextID: UInt64 = 0
+  var waiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
+
+  init(
+    service: String,
+    policy: RegistryClientTransport.LoadBalancingPolicy,
+    outlier: RegistryClientTransport.OutlierDetection,
+    healthChecking: Bool
+  ) {
+    self.service = service
+    self.policy = policy
+    self.outlier = outlier
+    self.healthChecking = healthChecking
+  }
+
+  mutating func makeID() -> UInt64 {
+    self.nextID += 1
+    return self.nextID
+  }
+
+  /// Side effects of a change, to run unlocked.
+  struct Effects {
+    var start: [Subchannel] = []
+    var close: [Subchannel] = []
+    var wake: [CheckedContinuation<Void, Never>] = []
+  }
+
+  private mutating func changed(_ effects: inout Effects) {
+    self.generation &+= 1
+    effects.wake.append(contentsOf: self.waiters.values)
+    self.waiters.removeAll()
+  }
+
+  // MARK: Membership
+
+  /// Applies a full set from the registry. `makeSubchannel` creates the connection of a new
+  /// instance.
+  mutating func apply(
+    _ instances: [ServiceInstance],
+    makeSubchannel: (UInt64, ServiceInstance) -> Subchannel?
+  ) -> Effects {
+    var effects = Effects()
+    guard !self.shuttingDown else { return effects }
+    self.hasSnapshot = true
+    var seen = Set<String>()
+    for instance in instances {
+      seen.insert(instance.address)
+      if let id = self.active[instance.address] {
+        self.entries[id]?.instance = instance
+        continue
+      }
+      // An instance that came back before its old connection closed reuses it.
+      if let (id, _) = self.entries.first(where: {
+        $0.value.instance.address == instance.address && $0.value.removed && !$0.value.closing
+      }) {
+        self.entries[id]?.removed = false
+        self.entries[id]?.instance = instance
+        self.active[instance.address] = id
+        continue
+      }
+      let id = self.makeID()
+      guard let subchannel = makeSubchannel(id, instance) else { continue }
+      self.entries[id] = Entry(
+        subchannel: subchannel,
+        instance: instance,
+        health: self.healthChecking ? .unknown : .notWatched
+      )
+      self.active[instance.address] = id
+      effects.start.append(subchannel)
+    }
+    for (address, id) in self.active where !seen.contains(address) {
+      self.active[address] = nil
+      self.entries[id]?.removed = true
+      self.closeIfDrained(id, &effects)
+    }
+    self.changed(&effects)
+    return effects
+  }
+
+  private mutating func closeIfDrained(_ id: UInt64, _ effects: inout Effects) {
+    guard let entry = self.entries[id], entry.removed, !entry.closing, entry.outstanding == 0
+    else { return }
+    self.entries[id]?.closing = true
+    effects.close.append(entry.subchannel)
+  }
+
+  /// The subchannel's task ended: forget it.
+  mutating func subchannelEnded(_ id: UInt64) -> Effects {
+    var effects = Effects()
+    if let entry = self.entries.removeValue(forKey: id),
+      self.active[entry.instance.address] == id
+    {
+      self.active[entry.instance.address] = nil
+    }
+    self.changed(&effects)
+    return effects
+  }
+
+  mutating func beginShutdown() -> Effects {
+    var effects = Effects()
+    guard !self.shuttingDown else { return effects }
+    self.shuttingDown = true
+    self.active.removeAll()
+    for id in self.entries.keys {
+      self.entries[id]?.removed = true
+      self.closeIfDrained(id, &effects)
+    }
+    self.changed(&effects)
+    return effects
+  }
+
+  // MARK: State of an instance
+
+  mutating func setConnectivity(_ id: UInt64, _ connectivity: Connectivity) -> Effects {
+    var effects = Effects()
+    guard self.entries[id] != nil, self.entries[id]?.connectivity != connectivity else {
+      return effects
+    }
+    self.entries[id]?.connectivity = connectivity
+    self.changed(&effects)
+    return effects
+  }
+
+  mutating func setHealth(_ id: UInt64, _ health: Health) -> Effects {
+    var effects = Effects()
+    guard self.entries[id] != nil, self.entries[id]?.health != health else { return effects }
+    self.entries[id]?.health = health
+    self.changed(&effects)
+    return effects
+  }
+
+  // MARK: Picking
+
+  enum PickResult {
+    case picked(Subchannel)
+    /// Nothing to pick now; `error` explains why.
+    case unavailable(RPCError)
+  }
+
+  mutating func pick(
+    group: String?,
+    excluding excluded: [UInt64],
+    now: ContinuousClock.Instant,
+    random: inout some RandomNumberGenerator
+  ) -> PickResult {
+    if self.shuttingDown {
+      return .unavailable(
+        RPCError(
+          code: .failedPrecondition,
+          message:
+            "The transport for registry://\(self.service) is shutting down; no new RPCs can start."
+        )
+      )
+    }
+    var inGroup: [UInt64] = []
+    for id in self.active.values {
+      guard let entry = self.entries[id] else { continue }
+      if let group, entry.instance.group != group { continue }
+      inGroup.append(id)
+    }
+    if inGroup.isEmpty {
+      return .unavailable(self.noInstancesError(group: group))
+    }
+    // Ejections that ran out put the instance on probation.
+    for id in inGroup {
+      if let until = self.entries[id]?.ejectedUntil, until <= now {
+        self.entries[id]?.ejectedUntil = nil
+        self.entries[id]?.onProbation = true
+      }
+    }
+    let eligible = inGroup.filter { id in
+      !excluded.contains(id) && !(self.entries[id]?.health.excludes ?? true)
+    }
+    if eligible.isEmpty {
+      let description = group.map { "in group '\($0)' " } ?? ""
+      return .unavailable(
+        RPCError(
+          code: .unavailable,
+          message:
+            "No instance of service '\(self.service)' \(description)can take the call: \(inGroup.count) registered, none healthy\(excluded.isEmpty ? "" : " or untried")."
+        )
+      )
+    }
+    // Best tier first: confirmed healthy and connected; then usable but not confirmed; then
+    // failing connections; ejected instances only when nothing else is left.
+    let tiers: [(Entry) -> Bool] = [
+      { !$0.isEjected && $0.connectivity == .ready && $0.health.confirmed },
+      { !$0.isEjected && $0.connectivity != .transientFailure && $0.connectivity != .shutdown },
+      { !$0.isEjected },
+      { _ in true },
+    ]
+    var candidates: [UInt64] = []
+    for tier in tiers {
+      candidates = eligible.filter { self.entries[$0].map(tier) ?? false }
+      if !candidates.isEmpty { break }
+    }
+    candidates.sort()
+    let chosen: UInt64
+    switch self.policy.value {
+    case .weightedRoundRobin:
+      chosen = self.smoothWeightedRoundRobin(candidates)
+    case .powerOfTwoChoices:
+      chosen = self.powerOfTwoChoices(candidates, random: &random)
+    }
+    self.entries[chosen]!.outstanding += 1
+    return .picked(self.entries[chosen]!.subchannel)
+  }
+
+  /// Smooth weighted round robin (as in nginx): every candidate's current weight grows by its
+  /// weight, the largest wins and gives back the total.
+  private mutating func smoothWeightedRoundRobin(_ candidates: [UInt64]) -> UInt64 {
+    if candidates.count == 1 { return candidates[0] }
+    var total = 0
+    var best: UInt64 = candidates[0]
+    var bestWeight = Int.min
+    for id in candidates {
+      let weight = self.entries[id]!.instance.effectiveWeight
+      total += weight
+      self.entries[id]!.currentWeight += weight
+      let current = self.entries[id]!.currentWeight
+      if current > bestWeight {
+        bestWeight = current
+        best = id
+      }
+    }
+    self.entries[best]!.currentWeight -= total
+    return best
+  }
+
+  private func powerOfTwoChoices(
+    _ candidates: [UInt64],
+    random: inout some RandomNumberGenerator
+  ) -> UInt64 {
+    if candidates.count == 1 { return candidates[0] }
+    let first = Int.random(in: 0 ..< candidates.count, using: &random)
+    var second = Int.random(in: 0 ..< candidates.count - 1, using: &random)
+    if second >= first { second += 1 }
+    let a = self.entries[candidates[first]]!
+    let b = self.entries[candidates[second]]!
+    // Compare outstanding/weight without dividing: a.out * b.w vs b.out * a.w.
+    let loadA = (a.outstanding + 1) * b.instance.effectiveWeight
+    let loadB = (b.outstanding + 1) * a.instance.effectiveWeight
+    return loadA <= loadB ? candidates[first] : candidates[second]
+  }
+
+  private func noInstancesError(group: String?) -> RPCError {
+    guard let group else {
+      return RPCError(
+        code: .unavailable,
+        message:
+          "No instances of service '\(self.service)' are registered\(self.hasSnapshot ? "" : " (no answer from the registry yet)"); start one or check the service name."
+      )
+    }
+    var groups = Set<String>()
+    for id in self.active.values {
+      if let entry = self.entries[id] { groups.insert(entry.instance.group) }
+    }
+    let known = groups.sorted().map { $0.isEmpty ? "(none)" : $0 }.joined(separator: ", ")
+    return RPCError(
+      code: .unavailable,
+      message:
+        "No instances of service '\(self.service)' in group '\(group)'\(groups.isEmpty ? "" : " (registered groups: \(known))"); check the group or register an instance in it."
+    )
+  }
+
+  // MARK: Outcomes
+
+  /// A call on `id` finished (or could not start); `failure` is true for transport failures.
+  mutating func release(_ id: UInt64, failure: Bool?, now: ContinuousClock.Instant) -> Effects {
+    var effects = Effects()
+    guard self.entries[id] != nil else { return effects }
+    self.entries[id]!.outstanding -= 1
+    if let failure {
+      if failure {
+        self.recordFailure(id, now: now, &effects)
+      } else {
+        self.entries[id]!.consecutiveFailures = 0
+        if self.entries[id]!.onProbation {
+          self.entries[id]!.onProbation = false
+          self.entries[id]!.ejections = 0
+        }
+      }
+    }
+    self.closeIfDrained(id, &effects)
+    return effects
+  }
+
+  private mutating func recordFailure(
+    _ id: UInt64,
+    now: ContinuousClock.Instant,
+    _ effects: inout Effects
+  ) {
+    guard self.outlier.consecutiveFailures > 0, !self.entries[id]!.isEjected else { return }
+    self.entries[id]!.consecutiveFailures += 1
+    let entry = self.entries[id]!
+    guard entry.onProbation || entry.consecutiveFailures >= self.outlier.consecutiveFailures else {
+      return
+    }
+    let ejected = self.active.values.filter { self.entries[$0]?.isEjected == true }.count
+    let limit = max(1, self.active.count * self.outlier.maxEjectionPercent / 100)
+    guard ejected < limit else { return }
+    let ejections = entry.ejections + 1
+    let time = min(self.outlier.baseEjectionTime * ejections, self.outlier.maxEjectionTime)
+    self.entries[id]!.ejections = ejections
+    self.entries[id]!.ejectedUntil = now + time
+    self.entries[id]!.consecutiveFailures = 0
+    self.entries[id]!.onProbation = false
+    self.changed(&effects)
+  }
+}

@@ -1,1 +1,0 @@
-// Placeholder: implementation lands with its issue.

@@ -1,0 +1,243 @@
+import ArgumentParser
+import Dispatch
+import Etcd
+import EtcdRegistry
+import Foundation
+import Logging
+import RegistryCore
+
+/// `registryctl`: operate the service registry on etcd.
+///
+/// Exit codes: 0 success, 1 not found or empty, 2 usage error, 3 etcd unreachable or access
+/// denied.
+@main
+struct RegistryCtl: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "registryctl",
+    abstract: "Operate the gRPC service registry on etcd.",
+    discussion: """
+      Connection settings come from flags or the environment: REGISTRY_ETCD_ENDPOINTS,
+      REGISTRY_PREFIX, REGISTRY_ETCD_CACERT, REGISTRY_ETCD_CERT, REGISTRY_ETCD_KEY,
+      REGISTRY_ETCD_USER (name:password).
+      Exit codes: 0 ok, 1 not found or empty, 2 usage, 3 etcd unreachable or access denied.
+      """,
+    subcommands: [
+      Services.self, List.self, Watch.self, Register.self, Deregister.self, Status.self,
+    ]
+  )
+
+  static func main() async {
+    do {
+      var command = try parseAsRoot()
+      if var asyncCommand = command as? any AsyncParsableCommand {
+        try await asyncCommand.run()
+      } else {
+        try command.run()
+      }
+    } catch let failure as Failure {
+      FileHandle.standardError.write(Data("registryctl: \(failure.message)\n".utf8))
+      Foundation.exit(failure.code)
+    } catch {
+      let code = exitCode(for: error)
+      if code == .validationFailure {
+        FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
+        Foundation.exit(2)
+      }
+      exit(withError: error)
+    }
+  }
+}
+
+/// An error with its exit code.
+struct Failure: Error {
+  var code: Int32
+  var message: String
+
+  static func notFound(_ message: String) -> Failure { Failure(code: 1, message: message) }
+
+  /// Maps registry and etcd errors onto the exit codes.
+  static func from(_ error: any Error) -> Failure {
+    if let failure = error as? Failure { return failure }
+    if let error = error as? EtcdError {
+      switch error.code {
+      case .unavailable, .timeout, .permissionDenied, .authFailed:
+        return Failure(code: 3, message: error.message)
+      case .invalidArgument:
+        return Failure(code: 2, message: error.message)
+      default:
+        return Failure(code: 3, message: "\(error)")
+      }
+    }
+    if let error = error as? RegistryError {
+      switch error.code {
+      case .unavailable, .timeout, .permissionDenied:
+        return Failure(code: 3, message: error.message)
+      case .invalidArgument:
+        return Failure(code: 2, message: error.message)
+      case .notFound:
+        return Failure(code: 1, message: error.message)
+      default:
+        return Failure(code: 3, message: "\(error)")
+      }
+    }
+    return Failure(code: 3, message: "\(error)")
+  }
+}
+
+/// Flags shared by every subcommand.
+struct ConnectionOptions: ParsableArguments {
+  @Option(
+    name: .customLong("etcd"),
+    help: "etcd endpoints, host:port[,host:port] (env REGISTRY_ETCD_ENDPOINTS)."
+  )
+  var endpoints: String?
+
+  @Option(help: "Key prefix of the registry (env REGISTRY_PREFIX).")
+  var prefix: String?
+
+  @Option(help: "Value format: json (the Go design's) or etcd-naming.")
+  var codec = "json"
+
+  @Option(help: "CA certificate (PEM) to verify etcd with; enables TLS (env REGISTRY_ETCD_CACERT).")
+  var cacert: String?
+
+  @Option(help: "Client certificate (PEM) for mutual TLS (env REGISTRY_ETCD_CERT).")
+  var cert: String?
+
+  @Option(help: "Client key (PEM) for mutual TLS (env REGISTRY_ETCD_KEY).")
+  var key: String?
+
+  @Option(help: "etcd user as name:password (env REGISTRY_ETCD_USER).")
+  var user: String?
+
+  @Option(help: "Request timeout in seconds.")
+  var timeout: Double = 5
+
+  @Flag(help: "Log the client's own activity to stderr.")
+  var verbose = false
+
+  private var environment: [String: String] { ProcessInfo.processInfo.environment }
+
+  var etcdEndpoints: [String] {
+    (self.endpoints ?? self.environment["REGISTRY_ETCD_ENDPOINTS"] ?? "127.0.0.1:2379")
+      .split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+  }
+
+  var keyPrefix: String { self.prefix ?? self.environment["REGISTRY_PREFIX"] ?? "/micro" }
+
+  func validate() throws {
+    guard InstanceCodec.named(self.codec) != nil else {
+      throw ValidationError("--codec must be json or etcd-naming, not '\(self.codec)'")
+    }
+    guard self.timeout > 0 else { throw ValidationError("--timeout must be positive") }
+    if let user = self.user ?? self.environment["REGISTRY_ETCD_USER"], !user.contains(":") {
+      throw ValidationError("the etcd user must be given as name:password")
+    }
+  }
+
+  var instanceCodec: InstanceCodec { InstanceCodec.named(self.codec) ?? .json }
+
+  var keyspace: RegistryKeyspace {
+    get throws {
+      do {
+        return try RegistryKeyspace(prefix: self.keyPrefix)
+      } catch {
+        throw Failure(code: 2, message: error.message)
+      }
+    }
+  }
+
+  var usesTLS: Bool { (self.cacert ?? self.environment["REGISTRY_ETCD_CACERT"]) != nil }
+  var usesAuth: Bool { (self.user ?? self.environment["REGISTRY_ETCD_USER"]) != nil }
+
+  var etcdConfiguration: EtcdClient.Configuration {
+    .defaults {
+      $0.endpoints = self.etcdEndpoints
+      $0.requestTimeout = .milliseconds(Int(self.timeout * 1000))
+      $0.connectTimeout = .milliseconds(Int(self.timeout * 1000))
+      if let ca = self.cacert ?? self.environment["REGISTRY_ETCD_CACERT"] {
+        $0.tls = .init(
+          caCertificatePath: ca,
+          clientCertificatePath: self.cert ?? self.environment["REGISTRY_ETCD_CERT"],
+          clientKeyPath: self.key ?? self.environment["REGISTRY_ETCD_KEY"]
+        )
+      }
+      if let user = self.user ?? self.environment["REGISTRY_ETCD_USER"],
+        let colon = user.firstIndex(of: ":")
+      {
+        $0.credentials = .init(
+          username: String(user[..<colon]),
+          password: String(user[user.index(after: colon)...])
+        )
+      }
+    }
+  }
+
+  var logger: Logger {
+    var logger = Logger(label: "registryctl") { StreamLogHandler.standardError(label: $0) }
+    logger.logLevel = self.verbose ? .debug : .error
+    return logger
+  }
+
+  func registryConfiguration(ttl: Int = 10) -> EtcdServiceRegistry.Configuration {
+    .defaults {
+      $0.etcd = self.etcdConfiguration
+      $0.keyPrefix = self.keyPrefix
+      $0.codec = self.instanceCodec
+      $0.leaseTTL = .seconds(ttl)
+    }
+  }
+
+  /// Runs `body` with a client, mapping failures onto exit codes.
+  func withClient<T: Sendable>(_ body: (EtcdClient) async throws -> T) async throws -> T {
+    do {
+      return try await withEtcdClient(
+        configuration: self.etcdConfiguration,
+        logger: self.logger,
+        body
+      )
+    } catch {
+      throw Failure.from(error)
+    }
+  }
+}
+
+/// Waits for SIGINT or SIGTERM.
+enum Signals {
+  static func wait() async {
+    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+      let resumed = ResumeOnce(continuation)
+      for signalNumber in [SIGINT, SIGTERM] {
+        signal(signalNumber, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
+        source.setEventHandler { resumed.resume() }
+        source.resume()
+        Sources.keep(source)
+      }
+    }
+  }
+
+  /// Keeps signal sources alive for the life of the process.
+  enum Sources {
+    nonisolated(unsafe) private static var sources: [any DispatchSourceSignal] = []
+    private static let lock = NSLock()
+    static func keep(_ source: any DispatchSourceSignal) {
+      self.lock.lock()
+      defer { self.lock.unlock() }
+      self.sources.append(source)
+    }
+  }
+
+  final class ResumeOnce: @unchecked Sendable {
+    private let lock = NSLock()
+    private var continuation: CheckedContinuation<Void, Never>?
+    init(_ continuation: CheckedContinuation<Void, Never>) { self.continuation = continuation }
+    func resume() {
+      self.lock.lock()
+      let continuation = self.continuation
+      self.continuation = nil
+      self.lock.unlock()
+      continuation?.resume()
+    }
+  }
+}

@@ -1,0 +1,188 @@
+import EtcdHarness
+import EtcdRegistry
+import Foundation
+import RegistryCore
+import RegistryTesting
+import Synchronization
+import Testing
+
+/// Runs the `registryctl` built next to the test bundle.
+struct RegistryCtl {
+  let cluster: EtcdCluster
+  let prefix: String
+
+  static var executable: String {
+    get throws {
+      var candidates = [URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()]
+      if let main = Bundle.main.executableURL?.deletingLastPathComponent() {
+        candidates.append(main)
+      }
+      candidates.append(
+        URL(fileURLWithPath: FileManager.default.currentDirectoryPath + "/.build/debug")
+      )
+      for directory in candidates {
+        for path in [
+          directory.path + "/registryctl",
+          directory.deletingLastPathComponent().path + "/registryctl",
+        ]
+        where FileManager.default.isExecutableFile(atPath: path) {
+          return path
+        }
+      }
+      throw WaitTimeoutError(
+        description:
+          "registryctl was not built next to the tests; run `swift build --build-tests` first"
+      )
+    }
+  }
+
+  func arguments(_ arguments: [String]) -> [String] {
+    arguments + ["--etcd", self.cluster.endpoints.joined(separator: ","), "--prefix", self.prefix]
+  }
+
+  /// Runs to completion; returns exit status and output.
+  func run(_ arguments: [String]) async throws -> (status: Int32, stdout: String, stderr: String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: try Self.executable)
+    process.arguments = self.arguments(arguments)
+    let out = Pipe()
+    let err = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    let status: Int32 = try await withCheckedThrowingContinuation { continuation in
+      process.terminationHandler = { continuation.resume(returning: $0.terminationStatus) }
+      do { try process.run() } catch { continuation.resume(throwing: error) }
+    }
+    let stdout = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    return (status, stdout, stderr)
+  }
+
+  /// Starts a long-running command (register, watch) and returns the process.
+  func start(_ arguments: [String], output: Pipe) throws -> Process {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: try Self.executable)
+    process.arguments = self.arguments(arguments)
+    process.standardOutput = output
+    process.standardError = FileHandle.nullDevice
+    try process.run()
+    return process
+  }
+}
+
+/// Collects a pipe's output as it arrives.
+final class OutputCollector: Sendable {
+  let pipe = Pipe()
+  private let text = Shared("")
+
+  init() {
+    let text = self.text
+    self.pipe.fileHandleForReading.readabilityHandler = { handle in
+      let data = handle.availableData
+      text.value.withLock { $0 += String(decoding: data, as: UTF8.self) }
+    }
+  }
+
+  var output: String { self.text.value.withLock { $0 } }
+}
+
+@Suite("registryctl", .timeLimit(.minutes(3)))
+struct RegistryCtlTests {
+  @Test("register, list (table and json), services, deregister, status, and exit codes")
+  func commands() async throws {
+    let cluster = try await SharedEtcd.get()
+    let ctl = RegistryCtl(cluster: cluster, prefix: uniquePrefix("ctl"))
+    let empty = try await ctl.run(["list", "svc"])
+    #expect(empty.status == 1, "an empty service exits 1: \(empty)")
+    #expect(empty.stderr.contains("no instances"))
+
+    let collector = OutputCollector()
+    let registration = try ctl.start(
+      [
+        "register", "svc", "10.0.0.1:80", "--weight", "3", "--group", "A", "--metadata", "zone=eu",
+        "--ttl", "5",
+      ],
+      output: collector.pipe
+    )
+    try await waitUntil("registryctl register reports success", within: .seconds(10)) {
+      collector.output.contains("REGISTERED")
+    }
+    let table = try await ctl.run(["list", "svc"])
+    #expect(table.status == 0)
+    #expect(
+      table.stdout.contains("10.0.0.1:80") && table.stdout.contains("zone=eu")
+        && table.stdout.contains("A")
+    )
+    let json = try await ctl.run(["list", "svc", "--output", "json"])
+    let decoded = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [[String: Any]]
+    #expect(decoded?.first?["weight"] as? Int == 3)
+    #expect((decoded?.first?["leaseTTL"] as? Int ?? 0) > 0)
+    #expect(try await ctl.run(["list", "svc", "--group", "B"]).status == 1)
+    let services = try await ctl.run(["services"])
+    #expect(
+      services.status == 0 && services.stdout.contains("svc") && services.stdout.contains("1")
+    )
+
+    registration.terminate()
+    try await waitUntil("SIGTERM deregisters and exits 0", within: .seconds(10)) {
+      !registration.isRunning
+    }
+    #expect(registration.terminationStatus == 0)
+    #expect(try await ctl.run(["list", "svc"]).status == 1)
+
+    try await cluster.etcdctl([
+      "put", ctl.prefix + "svc/10.0.0.2:80",
+      #"{"Name":"svc","Address":"10.0.0.2:80","Weight":1,"Group":""}"#,
+    ])
+    #expect(try await ctl.run(["deregister", "svc", "10.0.0.2:80"]).status == 0)
+    #expect(try await ctl.run(["deregister", "svc", "10.0.0.2:80"]).status == 1)
+
+    let status = try await ctl.run(["status"])
+    #expect(status.status == 0)
+    #expect(status.stdout.contains("3.4") && status.stdout.contains("yes"))
+
+    let usage = try await ctl.run(["list"])
+    #expect(usage.status == 2, "a usage error exits 2")
+    let badName = try await ctl.run(["list", "bad/name"])
+    #expect(badName.status == 2)
+  }
+
+  @Test("an unreachable etcd exits 3 with advice")
+  func unreachable() async throws {
+    let port = try await withEtcdCluster { $0.members[0].clientPort }
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: try RegistryCtl.executable)
+    process.arguments = ["list", "svc", "--etcd", "127.0.0.1:\(port)", "--timeout", "1"]
+    let err = Pipe()
+    process.standardError = err
+    process.standardOutput = FileHandle.nullDevice
+    try process.run()
+    process.waitUntilExit()
+    #expect(process.terminationStatus == 3)
+    let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    #expect(message.contains("etcd"), "\(message)")
+  }
+
+  @Test("a registering process killed with SIGKILL leaves discovery within TTL + 1 s")
+  func crash() async throws {
+    let cluster = try await SharedEtcd.get()
+    let prefix = uniquePrefix("crash")
+    let ctl = RegistryCtl(cluster: cluster, prefix: prefix)
+    let watcher = try RunningRegistry(cluster, prefix: prefix)
+    let recorder = WatchRecorder(watcher.registry.watch("svc"))
+    defer { recorder.cancel() }
+    let collector = OutputCollector()
+    let child = try ctl.start(
+      ["register", "svc", "10.0.0.7:80", "--ttl", "2"],
+      output: collector.pipe
+    )
+    try await recorder.waitForAddresses(["10.0.0.7:80"], within: .seconds(10))
+    kill(child.processIdentifier, SIGKILL)
+    let killed = ContinuousClock.now
+    try await recorder.waitForAddresses([], within: .seconds(6))
+    let gone = ContinuousClock.now - killed
+    print("crash to gone with a 2 s TTL: \(gone)")
+    #expect(gone < .seconds(3), "gone within TTL + 1 s")
+    await watcher.stop()
+  }
+}
