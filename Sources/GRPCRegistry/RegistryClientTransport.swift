@@ -473,7 +473,13 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
           for await state in connection.connectivityStates() {
             let connectivity: Balancer.Connectivity
             switch state {
-            case .idle: connectivity = .idle
+            case .idle:
+              connectivity = .idle
+              // A connection that went idle (lost, or drained by GOAWAY) reconnects only when
+              // asked. An instance still in the registry should be ready to take calls, so ask;
+              // a gracefully stopping server has deregistered (and this subchannel is closing)
+              // before it sends GOAWAY.
+              connection.requestConnection()
             case .connecting: connectivity = .connecting
             case .ready: connectivity = .ready
             case .transientFailure: connectivity = .transientFailure

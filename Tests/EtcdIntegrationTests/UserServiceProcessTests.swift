@@ -1,0 +1,154 @@
+import EtcdHarness
+import EtcdRegistry
+import Foundation
+import RegistryCore
+import RegistryTesting
+import Testing
+
+/// Runs the example executables built next to the tests.
+enum Executables {
+  static func path(_ name: String) throws -> String {
+    let registryctl = try RegistryCtl.executable
+    let path = URL(fileURLWithPath: registryctl).deletingLastPathComponent().appendingPathComponent(
+      name
+    ).path
+    guard FileManager.default.isExecutableFile(atPath: path) else {
+      throw WaitTimeoutError(
+        description:
+          "\(name) was not built next to the tests; run `swift build --build-tests` first"
+      )
+    }
+    return path
+  }
+}
+
+/// A `user-server` child process.
+final class UserServerProcess: Sendable {
+  let process: Process
+  let output: OutputCollector
+  let address: String
+
+  init(etcd: EtcdCluster, prefix: String, weight: Int = 1, ttl: Int = 5) async throws {
+    let output = OutputCollector()
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: try Executables.path("user-server"))
+    process.arguments = [
+      "--etcd", etcd.endpoints.joined(separator: ","), "--listen", "127.0.0.1:0", "--weight",
+      "\(weight)",
+      "--ttl", "\(ttl)", "--prefix", prefix, "--drain", "0.3",
+    ]
+    process.standardOutput = output.pipe
+    process.standardError = FileHandle.nullDevice
+    try process.run()
+    try await waitUntil("user-server prints READY", within: .seconds(20)) {
+      output.output.contains("READY ")
+    }
+    let line = output.output.split(separator: "\n").first { $0.hasPrefix("READY ") } ?? ""
+    self.process = process
+    self.output = output
+    self.address = String(line.dropFirst("READY ".count))
+  }
+
+  deinit {
+    if self.process.isRunning { kill(self.process.processIdentifier, SIGKILL) }
+  }
+}
+
+/// What `user-client` prints.
+struct ClientSummary: Decodable, Sendable {
+  var calls: Int
+  var ok: Int
+  var failed: Int
+  var servers: [String: Int]
+}
+
+/// Runs `user-client` to completion and decodes its JSON summary.
+func runUserClient(
+  etcd: EtcdCluster,
+  prefix: String,
+  calls: Int,
+  concurrency: Int
+) async throws -> ClientSummary {
+  let process = Process()
+  process.executableURL = URL(fileURLWithPath: try Executables.path("user-client"))
+  process.arguments = [
+    "--etcd", etcd.endpoints.joined(separator: ","), "--prefix", prefix, "--calls", "\(calls)",
+    "--concurrency", "\(concurrency)",
+  ]
+  let output = Pipe()
+  process.standardOutput = output
+  process.standardError = FileHandle.nullDevice
+  try process.run()
+  let data = output.fileHandleForReading.readDataToEndOfFile()
+  process.waitUntilExit()
+  do {
+    return try JSONDecoder().decode(ClientSummary.self, from: data)
+  } catch {
+    throw WaitTimeoutError(
+      description: "user-client printed no summary: \(String(decoding: data, as: UTF8.self))"
+    )
+  }
+}
+
+@Suite("user-server and user-client on etcd", .timeLimit(.minutes(4)), .serialized)
+struct UserServiceProcessTests {
+  @Test(
+    "calls through registry:// reach every server; a graceful stop fails no call; a SIGKILLed server leaves discovery within TTL + 1 s with bounded failures"
+  )
+  func endToEnd() async throws {
+    let cluster = try await SharedEtcd.get()
+    let prefix = uniquePrefix("users")
+    let servers = [
+      try await UserServerProcess(etcd: cluster, prefix: prefix, weight: 1),
+      try await UserServerProcess(etcd: cluster, prefix: prefix, weight: 2),
+      try await UserServerProcess(etcd: cluster, prefix: prefix, weight: 3),
+    ]
+    let summary = try await runUserClient(
+      etcd: cluster,
+      prefix: prefix,
+      calls: 3000,
+      concurrency: 8
+    )
+    #expect(summary.ok == 3000, "\(summary)")
+    #expect(summary.failed == 0, "\(summary)")
+    #expect(Set(summary.servers.keys) == Set(servers.map(\.address)), "\(summary)")
+
+    // Graceful: SIGTERM during a run fails no call.
+    let graceful = Task {
+      try await runUserClient(etcd: cluster, prefix: prefix, calls: 6000, concurrency: 8)
+    }
+    // Not synchronisation: the stop lands somewhere inside the 6,000 calls, and the assertion
+    // holds wherever it lands.
+    try await Task.sleep(for: .milliseconds(300))
+    servers[0].process.terminate()
+    let afterGraceful = try await graceful.value
+    try await waitUntil("the stopped server exits", within: .seconds(10)) {
+      !servers[0].process.isRunning
+    }
+    #expect(servers[0].process.terminationStatus == 0)
+    #expect(afterGraceful.failed == 0, "\(afterGraceful)")
+
+    // Abrupt: SIGKILL; failures are bounded by the calls in flight, and discovery drops it.
+    let watcher = try RunningRegistry(cluster, prefix: prefix)
+    let recorder = WatchRecorder(watcher.registry.watch("user-server"))
+    defer { recorder.cancel() }
+    try await recorder.waitForAddresses([servers[1].address, servers[2].address])
+    let abrupt = Task {
+      try await runUserClient(etcd: cluster, prefix: prefix, calls: 6000, concurrency: 8)
+    }
+    try await Task.sleep(for: .milliseconds(300))
+    kill(servers[1].process.processIdentifier, SIGKILL)
+    let killed = ContinuousClock.now
+    try await recorder.waitForAddresses([servers[2].address], within: .seconds(7))
+    let gone = ContinuousClock.now - killed
+    print("SIGKILLed user-server left discovery after \(gone) (TTL 5 s)")
+    #expect(gone < .seconds(6))
+    let afterAbrupt = try await abrupt.value
+    #expect(
+      afterAbrupt.failed <= 8,
+      "only calls in flight on the dead connection may fail: \(afterAbrupt)"
+    )
+    #expect(afterAbrupt.ok >= 6000 - 8)
+    await watcher.stop()
+  }
+}
