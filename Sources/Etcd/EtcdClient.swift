@@ -277,13 +277,15 @@ final class Endpoint: Sendable {
   }
 }
 
-/// A one-shot signal that many tasks can wait for.
-final class ShutdownSignal: Sendable {
+/// A one-shot signal that many tasks can wait for, fired from synchronous code.
+package final class ShutdownSignal: Sendable {
   private let state = Mutex<(fired: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
 
-  var isFired: Bool { self.state.withLock { $0.fired } }
+  package init() {}
 
-  func fire() {
+  package var isFired: Bool { self.state.withLock { $0.fired } }
+
+  package func fire() {
     let waiters = self.state.withLock { state in
       if state.fired { return [CheckedContinuation<Void, Never>]() }
       state.fired = true
@@ -293,7 +295,7 @@ final class ShutdownSignal: Sendable {
     for waiter in waiters { waiter.resume() }
   }
 
-  func wait() async {
+  package func wait() async {
     await withCheckedContinuation { continuation in
       let fired = self.state.withLock { state in
         if state.fired { return true }

@@ -35,7 +35,8 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
   let logger: Logger
   let metrics: RegistryMetrics
   let state = Mutex(State())
-  let shutdownRequested = ShutdownFlag()
+  let shutdownRequested = ShutdownSignal()
+  let shutdownDone = ShutdownSignal()
   let feedLaunches: AsyncStream<ServiceFeed>.Continuation
   private let feedLaunchStream: AsyncStream<ServiceFeed>
 
@@ -261,7 +262,7 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
     let running = self.state.withLock { $0.isRunning }
     self.shutdownRequested.fire()
     if running {
-      await self.shutdownRequested.waitUntilDone()
+      await self.shutdownDone.wait()
     } else {
       // Nobody runs the registry: there is no lease to revoke and no loop to stop.
       await self.performShutdown()
@@ -296,7 +297,7 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
       }
     }
     self.client.beginGracefulShutdown()
-    self.shutdownRequested.markDone()
+    self.shutdownDone.fire()
   }
 
   static func registryError(_ error: any Error, _ operation: String) -> any Error {
@@ -344,61 +345,6 @@ public func withEtcdServiceRegistry<Result: Sendable>(
     await registry.shutdown()
     try await group.waitForAll()
     return result
-  }
-}
-
-/// A one-shot request flag with a completion, usable from synchronous code.
-final class ShutdownFlag: Sendable {
-  private let state = Mutex<
-    (
-      fired: Bool, done: Bool, waiters: [CheckedContinuation<Void, Never>],
-      doneWaiters: [CheckedContinuation<Void, Never>]
-    )
-  >(
-    (false, false, [], [])
-  )
-
-  var isFired: Bool { self.state.withLock { $0.fired } }
-
-  func fire() {
-    let waiters = self.state.withLock { state in
-      if state.fired { return [CheckedContinuation<Void, Never>]() }
-      state.fired = true
-      defer { state.waiters = [] }
-      return state.waiters
-    }
-    for waiter in waiters { waiter.resume() }
-  }
-
-  func wait() async {
-    await withCheckedContinuation { continuation in
-      let now = self.state.withLock { state in
-        if state.fired { return true }
-        state.waiters.append(continuation)
-        return false
-      }
-      if now { continuation.resume() }
-    }
-  }
-
-  func markDone() {
-    let waiters = self.state.withLock { state in
-      state.done = true
-      defer { state.doneWaiters = [] }
-      return state.doneWaiters
-    }
-    for waiter in waiters { waiter.resume() }
-  }
-
-  func waitUntilDone() async {
-    await withCheckedContinuation { continuation in
-      let now = self.state.withLock { state in
-        if state.done { return true }
-        state.doneWaiters.append(continuation)
-        return false
-      }
-      if now { continuation.resume() }
-    }
   }
 }
 

@@ -12,7 +12,7 @@ final class ServiceFeed: Sendable {
   let service: String
   let prefix: String
   private let state = Mutex(State())
-  private let stopSignal = ShutdownFlag()
+  private let stopSignal = ShutdownSignal()
 
   private struct State {
     var snapshot: RegistrySnapshot?
