@@ -153,7 +153,11 @@ extension EtcdServiceRegistry {
         for key in registrations.keys {
           try await self.write(key, lease: lease)
         }
-        let settled = self.state.withLock { $0.leaseGeneration == generation }
+        let settled = self.state.withLock { state in
+          guard state.leaseGeneration == generation else { return false }
+          state.confirmed.formUnion(registrations.keys.filter { state.registrations[$0] != nil })
+          return true
+        }
         if settled {
           self.metrics.reRegistrations.increment()
           self.logger.warning(
@@ -239,8 +243,10 @@ extension EtcdServiceRegistry {
   }
 
   private func repair(_ key: String) async {
-    guard let lease = self.state.withLock({ $0.registrations[key] == nil ? nil : $0.lease }) else {
-      return  // not ours any more, or no lease: the recovery writes everything
+    // Only keys etcd has acknowledged: a key whose register call is still writing it is not
+    // missing, just not there yet.
+    guard let lease = self.state.withLock({ $0.confirmed.contains(key) ? $0.lease : nil }) else {
+      return  // not ours, not yet written, or no lease: the recovery writes everything
     }
     do {
       try await self.write(key, lease: lease)

@@ -49,6 +49,9 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
     var pendingGrant: Task<EtcdLease, any Error>?
     var isShutDown = false
     var isRunning = false
+    var shutdownStarted = false
+    /// Keys whose registration etcd has acknowledged: only these are restored when deleted.
+    var confirmed: Set<String> = []
     var feeds: [String: ServiceFeed] = [:]
     var wake: CheckedContinuation<Void, Never>?
   }
@@ -91,6 +94,10 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
   /// ``shutdown()`` or a graceful shutdown of the service group.
   public func run() async throws {
     self.state.withLock { $0.isRunning = true }
+    defer {
+      self.state.withLock { $0.isRunning = false }
+      self.shutdownDone.fire()
+    }
     try await withGracefulShutdownHandler {
       try await withThrowingDiscardingTaskGroup { group in
         group.addTask { try await self.client.run() }
@@ -144,6 +151,9 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
       }
       throw Self.registryError(error, "register \(instance.name) at \(instance.address)")
     }
+    self.state.withLock { state in
+      if state.registrations[key] != nil { state.confirmed.insert(key) }
+    }
     self.metrics.registrations.increment()
     self.logger.info(
       "registered instance",
@@ -160,6 +170,7 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
     try self.state.withLock { state throws(RegistryError) in
       if state.isShutDown { throw RegistryError.shutDown("deregister") }
       state.registrations[key] = nil
+      state.confirmed.remove(key)
     }
     do {
       try await self.client.delete(.key(key))
@@ -262,17 +273,23 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
     let running = self.state.withLock { $0.isRunning }
     self.shutdownRequested.fire()
     if running {
+      // run() performs the shutdown and signals when it has returned.
       await self.shutdownDone.wait()
-    } else {
-      // Nobody runs the registry: there is no lease to revoke and no loop to stop.
-      await self.performShutdown()
     }
+    // Nobody ran the registry, or run() ended early (cancelled): shut down here.
+    await self.performShutdown()
   }
 
   /// Revokes the lease (bounded by the shutdown timeout), ends the watches and stops the client.
   private func performShutdown() async {
+    let proceed = self.state.withLock { state in
+      defer { state.shutdownStarted = true }
+      return !state.shutdownStarted
+    }
+    guard proceed else { return }
     let (lease, feeds, wake) = self.state.withLock { state in
       state.isShutDown = true
+      state.confirmed = []
       state.registrations = [:]
       defer {
         state.feeds = [:]
@@ -297,7 +314,6 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
       }
     }
     self.client.beginGracefulShutdown()
-    self.shutdownDone.fire()
   }
 
   static func registryError(_ error: any Error, _ operation: String) -> any Error {
