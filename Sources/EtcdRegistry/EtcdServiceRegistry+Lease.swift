@@ -249,7 +249,7 @@ extension EtcdServiceRegistry {
       return  // not ours, not yet written, or no lease: the recovery writes everything
     }
     do {
-      try await self.write(key, lease: lease)
+      guard try await self.restore(key, lease: lease) else { return }
       self.metrics.keyRepairs.increment()
       self.logger.warning(
         "registered key was deleted; restored it",
@@ -263,6 +263,28 @@ extension EtcdServiceRegistry {
         metadata: ["registry.key": "\(key)", "registry.error": "\(error)"]
       )
     }
+  }
+
+  /// Writes a missing key back, only if it is still missing: a repair must never overwrite a
+  /// value that a `register` call wrote meanwhile. Returns whether it wrote.
+  private func restore(_ key: String, lease: EtcdLease) async throws -> Bool {
+    guard let wanted = self.state.withLock({ $0.registrations[key] }) else { return false }
+    let result = try await self.client.transaction(
+      if: [.version(of: key, .equal, 0)],
+      then: [.put(key, value: self.configuration.codec.encode(wanted), lease: lease.id)]
+    )
+    guard result.succeeded else { return false }
+    // A deregister or register that ran while the restore was in flight may have been
+    // overtaken by it: put right what it wanted.
+    let now = self.state.withLock { $0.registrations[key] }
+    if now != wanted {
+      if let now {
+        try await self.client.put(key, value: self.configuration.codec.encode(now), lease: lease.id)
+      } else {
+        try await self.client.delete(.key(key))
+      }
+    }
+    return true
   }
 
   /// Makes etcd hold what the registry wants at `key`, with `lease`.
