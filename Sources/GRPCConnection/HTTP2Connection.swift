@@ -235,12 +235,19 @@ public final class HTTP2Connection: ClientTransport, Sendable {
         var timer: Scheduled<Void>?
         if let timeout {
           timer = self.group.any().scheduleTask(in: TimeAmount(timeout)) {
-            let waiter = self.state.withLock { $0.waiters.removeValue(forKey: id) }
+            let (waiter, lastFailure) = self.state.withLock {
+              ($0.waiters.removeValue(forKey: id), $0.lastFailure)
+            }
+            // Say why there was no connection (refused, TLS handshake, ...): that is what the
+            // reader needs to fix.
+            let reason =
+              lastFailure.map { " The last connection attempt failed: \($0.message)" } ?? ""
             waiter?.continuation.resume(
               throwing: RPCError(
                 code: .deadlineExceeded,
                 message:
-                  "The RPC's deadline passed while waiting for a connection to \(self.target)."
+                  "The RPC's deadline passed while waiting for a connection to \(self.target).\(reason)",
+                cause: lastFailure
               )
             )
           }
@@ -621,6 +628,8 @@ extension HTTP2Connection {
     private(set) var connectivity: ConnectivityState = .idle
     private var current: ActiveConnection?
     private var lastError: RPCError?
+    /// Why the last connection attempt failed, if it did.
+    var lastFailure: RPCError? { self.lastError }
     var started = false
     var shuttingDown = false
     var connections: [UInt64: Entry] = [:]
