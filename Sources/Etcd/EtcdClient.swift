@@ -172,7 +172,17 @@ public final class EtcdClient: Service, Sendable {
           }
           continue
         }
-        throw EtcdError(rpc: error, operation: operation, endpoint: endpoint.address)
+        var etcdError = EtcdError(rpc: error, operation: operation, endpoint: endpoint.address)
+        // A request that timed out or found no connection usually failed because the
+        // connection could not be made: say why (refused, TLS handshake, ...).
+        if error.code == .deadlineExceeded || error.code == .unavailable,
+          endpoint.connection.connectivityState != .ready,
+          let failure = endpoint.connection.lastConnectionFailure
+        {
+          etcdError.message +=
+            "; the last connection attempt to \(endpoint.address) failed: \(failure.message)"
+        }
+        throw etcdError
       }
     }
   }

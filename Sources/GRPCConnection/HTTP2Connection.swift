@@ -78,6 +78,12 @@ public final class HTTP2Connection: ClientTransport, Sendable {
     self.state.withLock { $0.connectivity }
   }
 
+  /// Why the most recent connection attempt failed (refused, TLS handshake, timeout), or `nil`
+  /// when the last attempt succeeded. Lets callers explain an RPC that timed out waiting.
+  public var lastConnectionFailure: RPCError? {
+    self.state.withLock { $0.lastFailure }
+  }
+
   /// The current connectivity state followed by every change, until the connection shuts down.
   ///
   /// Each call returns an independent sequence. A consumer that falls behind sees the most recent
