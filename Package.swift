@@ -38,6 +38,7 @@ let package = Package(
     .package(url: "https://github.com/grpc/grpc-swift-protobuf", from: "2.4.1"),
     .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    .package(url: "https://github.com/apple/swift-service-context", from: "1.5.1"),
   ],
   targets: [
     // The registry model, the protocol, the embedded in-memory registry and the JSON codec.
@@ -114,6 +115,7 @@ let package = Package(
         .product(name: "Logging", package: "swift-log"),
         .product(name: "Metrics", package: "swift-metrics"),
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        .product(name: "ServiceContextModule", package: "swift-service-context"),
       ],
       swiftSettings: strictSettings
     ),
@@ -229,6 +231,7 @@ let package = Package(
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        .product(name: "ServiceContextModule", package: "swift-service-context"),
         .product(name: "Logging", package: "swift-log"),
       ],
       swiftSettings: strictSettings
@@ -241,8 +244,11 @@ let package = Package(
         "Etcd",
         "EtcdRegistry",
         "GRPCConnection",
+        "GRPCRegistry",
         "RegistryCore",
         "RegistryTesting",
+        "UserService",
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
       ],
       swiftSettings: strictSettings
     ),

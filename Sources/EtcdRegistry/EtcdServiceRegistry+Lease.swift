@@ -25,7 +25,7 @@ extension EtcdServiceRegistry {
     case .pending(let pending): task = pending
     }
     do {
-      let lease = try await task.value
+      let lease = try await cancellableValue(of: task)
       let (generation, granted, wake) = self.state.withLock { state in
         if state.pendingGrant == task {
           state.pendingGrant = nil
@@ -45,6 +45,10 @@ extension EtcdServiceRegistry {
         )
       }
       return (lease, generation)
+    } catch is CancellationError {
+      // This waiter gave up; the grant goes on for the other waiters, and the next register
+      // call takes it over. A lease nobody takes over expires unused after its TTL.
+      throw CancellationError()
     } catch {
       self.state.withLock { state in
         if state.pendingGrant == task { state.pendingGrant = nil }

@@ -38,6 +38,10 @@ final class ConnectionHandler: ChannelInboundHandler {
     var streamWindowSize: Int
     var connectionWindowSize: Int
     var keepalive: HTTP2Connection.Keepalive?
+    var stallDetection: HTTP2Connection.StallDetection?
+
+    /// Whether the time of the last frame read is needed.
+    var tracksReads: Bool { self.keepalive != nil || self.stallDetection != nil }
   }
 
   private let settings: Settings
@@ -61,6 +65,12 @@ final class ConnectionHandler: ChannelInboundHandler {
   private var lastRead = NIODeadline.now()
   private var keepaliveTimer: Scheduled<Void>?
   private var keepaliveTimeout: Scheduled<Void>?
+
+  // Stall detection.
+  private var stallTimer: Scheduled<Void>?
+  private var stallPingTimeout: Scheduled<Void>?
+  /// HEADERS or DATA arrived since the last stall PING (so another one may be sent).
+  private var streamFramesSinceStallPing = true
 
   init(
     settings: Settings,
@@ -110,6 +120,8 @@ final class ConnectionHandler: ChannelInboundHandler {
     self.draining = true
     self.keepaliveTimer?.cancel()
     self.keepaliveTimeout?.cancel()
+    self.stallTimer?.cancel()
+    self.stallPingTimeout?.cancel()
 
     let error = RPCError(
       code: .unavailable,
@@ -201,14 +213,16 @@ final class ConnectionHandler: ChannelInboundHandler {
   func channelRead(context: ChannelHandlerContext, data: NIOAny) {
     let frame = self.unwrapInboundIn(data)
     self.inReadLoop = true
-    if self.settings.keepalive != nil {
+    if self.settings.tracksReads {
       self.lastRead = .now()
     }
 
     switch frame.payload {
     case .headers(let headers):
+      self.streamFramesSinceStallPing = true
       self.receivedHeaders(headers, streamID: frame.streamID, context: context)
     case .data(let data):
+      self.streamFramesSinceStallPing = true
       self.receivedData(data, streamID: frame.streamID, context: context)
     case .rstStream(let code):
       self.receivedReset(code, streamID: frame.streamID)
@@ -225,6 +239,8 @@ final class ConnectionHandler: ChannelInboundHandler {
       if data == self.pingData {
         self.keepaliveTimeout?.cancel()
         self.keepaliveTimeout = nil
+        self.stallPingTimeout?.cancel()
+        self.stallPingTimeout = nil
       }
     case .goAway(let lastStreamID, let errorCode, let opaqueData):
       self.receivedGoAway(lastStreamID: lastStreamID, errorCode: errorCode, opaqueData: opaqueData)
@@ -367,6 +383,9 @@ final class ConnectionHandler: ChannelInboundHandler {
     }
     self.streams[id] = record
     stream.opened(streamID: id)
+    if self.stallTimer == nil {
+      self.scheduleStallCheck(context: context)
+    }
     return id
   }
 
@@ -741,5 +760,61 @@ final class ConnectionHandler: ChannelInboundHandler {
       )
     }
     context.close(promise: nil)
+  }
+
+  // MARK: - Stall detection
+
+  /// Checks when the connection will have been silent for the stall period (or a period from now
+  /// if frames are arriving).
+  private func scheduleStallCheck(context: ChannelHandlerContext) {
+    guard let stall = self.settings.stallDetection, !self.closed else { return }
+    let silence = TimeAmount(stall.silence)
+    let now = NIODeadline.now()
+    let silentAt = self.lastRead + silence
+    self.stallTimer = context.eventLoop.assumeIsolated().scheduleTask(
+      deadline: silentAt > now ? silentAt : now + silence
+    ) {
+      self.stallCheck()
+    }
+  }
+
+  private func stallCheck() {
+    self.stallTimer = nil
+    guard let stall = self.settings.stallDetection, let context = self.context, !self.closed,
+      !self.draining
+    else { return }
+    let waiting = self.streams.values.contains { $0.phase == .awaitingHeaders }
+    guard waiting else {
+      // Re-armed by the next stream.
+      return
+    }
+    let silent = NIODeadline.now() - self.lastRead >= TimeAmount(stall.silence)
+    if silent, self.stallPingTimeout == nil, self.keepaliveTimeout == nil,
+      self.streamFramesSinceStallPing
+    {
+      self.streamFramesSinceStallPing = false
+      let frame = HTTP2Frame(streamID: .rootStream, payload: .ping(self.pingData, ack: false))
+      context.writeAndFlush(self.wrapOutboundOut(frame), promise: nil)
+      self.stallPingTimeout = context.eventLoop.assumeIsolated().scheduleTask(
+        in: TimeAmount(stall.pingTimeout)
+      ) {
+        self.stallPingTimedOut()
+      }
+    }
+    self.scheduleStallCheck(context: context)
+  }
+
+  private func stallPingTimedOut() {
+    self.stallPingTimeout = nil
+    guard let context = self.context, !self.closed else { return }
+    let waiting = self.streams.values.filter { $0.phase == .awaitingHeaders }.count
+    self.logger.warning(
+      "Server did not acknowledge a PING while calls waited; no new calls on this connection",
+      metadata: ["grpc.waiting_calls": "\(waiting)"]
+    )
+    self.beginDraining(
+      reason: "the server stopped answering (PING not acknowledged)",
+      context: context
+    )
   }
 }

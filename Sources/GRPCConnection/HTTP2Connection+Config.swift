@@ -35,6 +35,10 @@ extension HTTP2Connection {
     /// throttling the `GRPCClient` applies to calls on this connection.
     public var serviceConfig: ServiceConfig
 
+    /// Detection of a server that stopped answering (hung, or stopped with SIGSTOP) while calls
+    /// wait for it; `nil` (the default) disables it. See ``StallDetection``.
+    public var stallDetection: StallDetection?
+
     /// Creates a configuration.
     public init(
       connectTimeout: Duration,
@@ -43,7 +47,8 @@ extension HTTP2Connection {
       http2: HTTP2,
       rpc: RPC,
       tls: TLS?,
-      serviceConfig: ServiceConfig
+      serviceConfig: ServiceConfig,
+      stallDetection: StallDetection? = nil
     ) {
       self.connectTimeout = connectTimeout
       self.backoff = backoff
@@ -52,6 +57,7 @@ extension HTTP2Connection {
       self.rpc = rpc
       self.tls = tls
       self.serviceConfig = serviceConfig
+      self.stallDetection = stallDetection
     }
 
     /// Plaintext, 20 s connect timeout, grpc's backoff, no keep-alive, large flow-control windows
@@ -123,6 +129,35 @@ extension HTTP2Connection {
       self.interval = interval
       self.timeout = timeout
       self.permitWithoutCalls = permitWithoutCalls
+    }
+  }
+
+  /// Detection of a server that stopped answering while calls wait for it.
+  ///
+  /// When a call has been waiting for the server's response headers and nothing at all has
+  /// arrived on the connection for ``silence``, the connection sends one PING. A live server
+  /// acknowledges it at once, however slow its handlers are; a hung one (deadlocked, or stopped
+  /// with SIGSTOP) does not. Without an ACK within ``pingTimeout`` the connection stops taking
+  /// new calls and drains: the calls already sent keep waiting (they finish if the server
+  /// resumes, or fail by their deadline), its ``HTTP2Connection/connectivityState`` leaves
+  /// `ready`, and a load balancer routes elsewhere. A new connection is made when one is asked
+  /// for.
+  ///
+  /// After an acknowledged PING the next one waits until the server has sent headers or data
+  /// again, so a slow but live server gets at most one PING per silent period: grpc-go servers
+  /// count PINGs between their own writes against their keep-alive policy (GOAWAY
+  /// `too_many_pings` after three), and this never reaches that.
+  public struct StallDetection: Sendable, Hashable {
+    /// How long the connection must be silent, with a call waiting for headers, before a PING.
+    public var silence: Duration
+    /// How long the PING's ACK may take before the server counts as unresponsive.
+    public var pingTimeout: Duration
+
+    /// Creates a stall detection policy.
+    public init(silence: Duration = .milliseconds(100), pingTimeout: Duration = .milliseconds(300))
+    {
+      self.silence = silence
+      self.pingTimeout = pingTimeout
     }
   }
 

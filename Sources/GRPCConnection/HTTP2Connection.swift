@@ -384,7 +384,8 @@ public final class HTTP2Connection: ClientTransport, Sendable {
     let settings = ConnectionHandler.Settings(
       streamWindowSize: self.config.http2.streamWindowSize,
       connectionWindowSize: self.config.http2.connectionWindowSize,
-      keepalive: self.config.keepalive
+      keepalive: self.config.keepalive,
+      stallDetection: self.config.stallDetection
     )
     let connectionConfiguration = self.makeHTTP2ConnectionConfiguration()
     let streamConfiguration = self.makeHTTP2StreamConfiguration()

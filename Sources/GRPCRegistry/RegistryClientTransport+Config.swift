@@ -119,10 +119,14 @@ extension RegistryClientTransport {
     public static var posix: Self { Self(value: .posix) }
 
     /// A 5 s connect timeout and fast reconnection (100 ms to 5 s): an instance that went away
-    /// is noticed and left quickly, one that came back is used again soon.
+    /// is noticed and left quickly, one that came back is used again soon. Stall detection is
+    /// on (``GRPCConnection/HTTP2Connection/StallDetection``, 100 ms of silence then a PING
+    /// answered within 300 ms): a hung instance (deadlocked, or stopped with SIGSTOP) stops
+    /// getting new calls within about a second.
     public static var defaultConnectionConfig: HTTP2Connection.Config {
       .defaults {
         $0.connectTimeout = .seconds(5)
+        $0.stallDetection = HTTP2Connection.StallDetection()
         $0.backoff = HTTP2Connection.Backoff(
           initial: .milliseconds(100),
           max: .seconds(5),

@@ -11,11 +11,13 @@ import Synchronization
 /// ``GRPCConnection/HTTP2Connection`` by default). Each call picks an instance by smooth
 /// weighted round robin (or power of two choices, see ``Config``) among the instances of its
 /// group: the group set by ``withRegistryGroup(_:isolation:_:)`` around the call, else the
-/// target's. A call whose stream cannot start on one instance is tried on another; an instance
+/// `ServiceContext`'s `registryGroup`, else the target's. A call whose stream cannot start on one instance is tried on another; an instance
 /// that leaves the registry gets no new calls at once and is closed when its calls have finished;
 /// instances whose calls keep failing are ejected for a while; and instances that serve
 /// `grpc.health.v1.Health` are watched over it, so one that reports `NOT_SERVING` or whose health
-/// stream breaks stops getting calls at once.
+/// stream breaks stops getting calls at once. With the default connections, an instance that
+/// stops answering altogether (hung, or stopped with SIGSTOP) while calls wait for it stops
+/// getting new calls within about a second (``GRPCConnection/HTTP2Connection/StallDetection``).
 ///
 /// ```swift
 /// let transport = RegistryClientTransport(
@@ -149,7 +151,7 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
     options: CallOptions,
     _ closure: (_ stream: RPCStream<Inbound, Outbound>, _ context: ClientContext) async throws -> T
   ) async throws -> T {
-    let group = RegistryGroupContext.group ?? self.target.group
+    let group = currentRegistryGroup ?? self.target.group
     let deadline = options.timeout.map { ContinuousClock.now + $0 }
     var excluded: [UInt64] = []
     var lastError: (any Error)?

@@ -1,3 +1,5 @@
+public import ServiceContextModule
+
 /// The registry group of the calls made by the current task, set by
 /// ``withRegistryGroup(_:isolation:_:)``.
 enum RegistryGroupContext {
@@ -28,8 +30,36 @@ public func withRegistryGroup<Result>(
   )
 }
 
-/// The group set by the innermost ``withRegistryGroup(_:isolation:_:)`` around the current task,
-/// if any.
+/// The group the current task's calls are routed to: the one set by the innermost
+/// ``withRegistryGroup(_:isolation:_:)``, else the `ServiceContext`'s
+/// ``ServiceContextModule/ServiceContext/registryGroup``, else `nil` (the target's group).
 public var currentRegistryGroup: String? {
-  RegistryGroupContext.group
+  if let group = RegistryGroupContext.group { return group }
+  if let group = ServiceContext.current?.registryGroup, !group.isEmpty { return group }
+  return nil
+}
+
+/// The `ServiceContext` key under which a call's registry group travels, for code that carries
+/// request context in swift-service-context (tracing, middleware) rather than in a task-local.
+public enum RegistryGroupKey: ServiceContextKey {
+  public typealias Value = String
+  public static var nameOverride: String? { "registry.group" }
+}
+
+extension ServiceContext {
+  /// The registry group for the calls made in this context: a ``RegistryClientTransport`` routes
+  /// them to the instances of this group unless ``withRegistryGroup(_:isolation:_:)`` set
+  /// another one. `nil` or `""` means the target's group.
+  ///
+  /// ```swift
+  /// var context = ServiceContext.current ?? .topLevel
+  /// context.registryGroup = "A"
+  /// let user = try await ServiceContext.withValue(context) {
+  ///   try await client.getById(.with { $0.id = 7 })
+  /// }
+  /// ```
+  public var registryGroup: String? {
+    get { self[RegistryGroupKey.self] }
+    set { self[RegistryGroupKey.self] = newValue }
+  }
 }

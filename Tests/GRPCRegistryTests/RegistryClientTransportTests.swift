@@ -2,6 +2,7 @@ import GRPCCore
 import GRPCNIOTransportHTTP2
 import RegistryCore
 import RegistryTesting
+import ServiceContextModule
 import Synchronization
 import Testing
 import UserService
@@ -84,6 +85,35 @@ struct RegistryClientTransportTests {
       #expect(nested == b.address)
     }
     for server in [a1, a2, b] { try await server.stopGracefully() }
+  }
+
+  @Test("a ServiceContext's registry group routes calls; withRegistryGroup overrides it")
+  func serviceContextGroup() async throws {
+    let registry = InMemoryRegistry()
+    let a = try await TestServer.start(group: "A", registry: registry)
+    let b = try await TestServer.start(group: "B", registry: registry)
+    try await withBalancedClient(registry: registry) { transport, users in
+      try await waitUntilPreferred(transport, [a.address, b.address])
+      var context = ServiceContext.topLevel
+      context.registryGroup = "A"
+      try await ServiceContext.withValue(context) {
+        #expect(currentRegistryGroup == "A")
+        for id in 0 ..< 20 {
+          #expect(try await getName(users, id: Int64(id)) == a.address)
+        }
+        let overridden = try await withRegistryGroup("B") { try await getName(users) }
+        #expect(overridden == b.address)
+      }
+      // An empty group in the context means no group: both instances get calls.
+      context.registryGroup = ""
+      let names = try await ServiceContext.withValue(context) {
+        var names = Set<String>()
+        for id in 0 ..< 20 { names.insert(try await getName(users, id: Int64(id))) }
+        return names
+      }
+      #expect(names == [a.address, b.address])
+    }
+    for server in [a, b] { try await server.stopGracefully() }
   }
 
   @Test("a group with no instances fails with unavailable naming the service and group")

@@ -1,0 +1,226 @@
+import GRPCConnection
+import GRPCCore
+import NIOCore
+import NIOHTTP2
+import NIOPosix
+import Synchronization
+import Testing
+
+/// A raw swift-nio-http2 echo server whose connections can freeze like a process under SIGSTOP
+/// (the socket stays open, nothing is read or answered) or answer slowly while the HTTP/2 layer
+/// stays live (PINGs acknowledged at once, as grpc-go and swift-nio-http2 do).
+final class StallingServerHandler: ChannelInboundHandler {
+  typealias InboundIn = HTTP2Frame
+  typealias OutboundOut = HTTP2Frame
+
+  private let behaviour: StallingServer
+  private var requests: [HTTP2StreamID: ByteBuffer] = [:]
+
+  init(behaviour: StallingServer) {
+    self.behaviour = behaviour
+  }
+
+  private var frozen = false
+  private var pending: [(HTTP2StreamID, ByteBuffer)] = []
+
+  func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    let frame = self.unwrapInboundIn(data)
+    switch frame.payload {
+    case .ping(_, ack: false):
+      self.behaviour.recordPing()
+    case .headers(let headers):
+      self.requests[frame.streamID] = ByteBuffer()
+      if !self.frozen, self.behaviour.takeFreeze() {
+        // Stop reading and answering: a client PING sent from now on is never acknowledged.
+        self.frozen = true
+        context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let eventLoop = context.eventLoop
+        self.behaviour.frozen {
+          eventLoop.execute {
+            let (handler, context) = bound.value
+            handler.unfreeze(context: context)
+          }
+        }
+      }
+      if headers.endStream {
+        self.respond(streamID: frame.streamID, context: context)
+      }
+    case .data(let payload):
+      if case .byteBuffer(var buffer) = payload.data {
+        self.requests[frame.streamID, default: ByteBuffer()].writeBuffer(&buffer)
+      }
+      if payload.endStream {
+        self.respond(streamID: frame.streamID, context: context)
+      }
+    default:
+      ()
+    }
+  }
+
+  private func unfreeze(context: ChannelHandlerContext) {
+    self.frozen = false
+    context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+    let pending = self.pending
+    self.pending.removeAll()
+    for (streamID, body) in pending {
+      self.send(body, streamID: streamID, context: context)
+    }
+  }
+
+  private func respond(streamID: HTTP2StreamID, context: ChannelHandlerContext) {
+    let body = self.requests.removeValue(forKey: streamID) ?? ByteBuffer()
+    if self.frozen {
+      self.pending.append((streamID, body))
+      return
+    }
+    let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+    context.eventLoop.assumeIsolated().scheduleTask(in: self.behaviour.responseDelay) {
+      let (handler, context) = bound.value
+      handler.send(body, streamID: streamID, context: context)
+    }
+  }
+
+  private func send(_ body: ByteBuffer, streamID: HTTP2StreamID, context: ChannelHandlerContext) {
+    let frames = [
+      HTTP2Frame(
+        streamID: streamID,
+        payload: .headers(.init(headers: [":status": "200", "content-type": "application/grpc"]))
+      ),
+      HTTP2Frame(streamID: streamID, payload: .data(.init(data: .byteBuffer(body)))),
+      HTTP2Frame(
+        streamID: streamID,
+        payload: .headers(.init(headers: ["grpc-status": "0"], endStream: true))
+      ),
+    ]
+    for frame in frames {
+      context.write(self.wrapOutboundOut(frame), promise: nil)
+    }
+    context.flush()
+  }
+}
+
+/// What a ``StallingServerHandler`` does, and what it saw.
+final class StallingServer: Sendable {
+  let responseDelay: TimeAmount
+  private let state = Mutex<(freezeNext: Bool, pings: Int, resumes: [@Sendable () -> Void])>(
+    (false, 0, [])
+  )
+
+  init(responseDelay: TimeAmount = .zero) {
+    self.responseDelay = responseDelay
+  }
+
+  /// The connection that receives the next request stops reading there (SIGSTOP).
+  func freezeNextRequest() { self.state.withLock { $0.freezeNext = true } }
+
+  var pings: Int { self.state.withLock { $0.pings } }
+
+  func recordPing() { self.state.withLock { $0.pings += 1 } }
+
+  func takeFreeze() -> Bool {
+    self.state.withLock { state in
+      defer { state.freezeNext = false }
+      return state.freezeNext
+    }
+  }
+
+  func frozen(resume: @escaping @Sendable () -> Void) {
+    self.state.withLock { $0.resumes.append(resume) }
+  }
+
+  /// Resumes the frozen connections (SIGCONT): they read and answer again.
+  func resume() {
+    let resumes = self.state.withLock { state in
+      defer { state.resumes.removeAll() }
+      return state.resumes
+    }
+    for resume in resumes { resume() }
+  }
+
+  func start() async throws -> any Channel {
+    try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+      .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+      .childChannelInitializer { channel in
+        channel.eventLoop.makeCompletedFuture {
+          try channel.pipeline.syncOperations.addHandler(NIOHTTP2Handler(mode: .server))
+          try channel.pipeline.syncOperations.addHandler(StallingServerHandler(behaviour: self))
+        }
+      }
+      .bind(host: "127.0.0.1", port: 0)
+      .get()
+  }
+}
+
+@Suite("stall detection", .timeLimit(.minutes(2)))
+struct StallDetectionTests {
+  @Test(
+    "a server that stops answering: the connection leaves ready, the waiting call finishes when it resumes"
+  )
+  func hungServer() async throws {
+    let server = StallingServer()
+    let channel = try await server.start()
+    let port = try #require(channel.localAddress?.port)
+    let connection = HTTP2Connection(
+      target: .ipv4(host: "127.0.0.1", port: port),
+      config: .defaults { $0.stallDetection = HTTP2Connection.StallDetection() },
+      logger: makeLogger()
+    )
+    try await withThrowingDiscardingTaskGroup { group in
+      let client = GRPCClient(transport: connection)
+      group.addTask { try await client.runConnections() }
+      _ = try await client.echo([0])
+      #expect(connection.connectivityState == .ready)
+
+      server.freezeNextRequest()
+      let stuck = Task {
+        var options = CallOptions.defaults
+        options.timeout = .seconds(30)
+        return try await client.echo([7], options: options).message
+      }
+      let start = ContinuousClock.now
+      try await poll(within: .seconds(5), "the connection leaves ready") {
+        connection.connectivityState != .ready
+      }
+      let detected = ContinuousClock.now - start
+      print("stall detected after \(detected)")
+      // About 0.4 s unloaded (100 ms silence, 300 ms PING timeout); the bound leaves room for
+      // the parallel tests on two cores. The one-second contract is asserted by the serial
+      // SIGSTOP test in EtcdIntegrationTests.
+      #expect(detected < .seconds(3), "a hung server must be left promptly")
+
+      server.resume()
+      #expect(try await stuck.value == [7], "the waiting call finishes once the server resumes")
+      client.beginGracefulShutdown()
+    }
+    try await channel.close()
+  }
+
+  @Test("a slow but live server: one PING per silent period, and the connection stays ready")
+  func slowServer() async throws {
+    let server = StallingServer(responseDelay: .milliseconds(1500))
+    let channel = try await server.start()
+    let port = try #require(channel.localAddress?.port)
+    let connection = HTTP2Connection(
+      target: .ipv4(host: "127.0.0.1", port: port),
+      config: .defaults { $0.stallDetection = HTTP2Connection.StallDetection() },
+      logger: makeLogger()
+    )
+    try await withThrowingDiscardingTaskGroup { group in
+      let client = GRPCClient(transport: connection)
+      group.addTask { try await client.runConnections() }
+      for i in 0 ..< 2 {
+        let message = [UInt8(i)]
+        let reply = try await client.echo(message)
+        #expect(try reply.message == message)
+        #expect(connection.connectivityState == .ready)
+      }
+      client.beginGracefulShutdown()
+    }
+    // 1.5 s of silence per call would allow 7 PINGs at a 200 ms period; a grpc-go server
+    // punishes the third PING without a write of its own in between.
+    #expect(server.pings >= 1, "the silence is probed")
+    #expect(server.pings <= 2, "at most one PING per silent period, saw \(server.pings)")
+    try await channel.close()
+  }
+}
