@@ -31,6 +31,20 @@ import Synchronization
 /// }
 /// ```
 ///
+/// ## Metrics
+///
+/// Through ``Config/metricsFactory`` (by default the global `MetricsSystem.factory`):
+///
+/// | name | kind | dimensions | counts |
+/// |---|---|---|---|
+/// | `registry_client_calls_total` | counter | `service`, `instance` | streams opened per instance |
+/// | `registry_client_failovers_total` | counter | `service` | calls moved to another instance |
+/// | `registry_client_ejections_total` | counter | `service`, `instance` | outlier ejections |
+/// | `registry_client_readmissions_total` | counter | `service`, `instance` | re-admissions |
+///
+/// A call whose stream could not start on one instance counts once on each instance it tried,
+/// and once as a fail-over; an ejected instance is re-admitted by its first success on probation.
+///
 /// `GRPCClient.runConnections()` calls ``connect()``, which runs everything (the registry watch,
 /// the connections, the health watches) as child tasks until ``beginGracefulShutdown()`` and the
 /// last call have finished, or until the task is cancelled.
@@ -47,6 +61,7 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
 
   private let registry: any ServiceRegistry
   private let logger: Logger
+  private let metrics: TransportMetrics
   private let state: Mutex<Balancer>
   private let started = Atomic<Bool>(false)
   private let stopWatching = Signal()
@@ -72,6 +87,7 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
     self.registry = registry
     self.config = config
     self.logger = logger
+    self.metrics = TransportMetrics(service: target.service, factory: config.metricsFactory)
     self.state = Mutex(
       Balancer(
         service: target.service,
@@ -166,6 +182,7 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
         // Every instance was tried: the reason the last one failed says more than "none left".
         throw lastError ?? error
       }
+      if lastError != nil { self.metrics.failovers.increment() }
       var attemptOptions = options
       if let deadline { attemptOptions.timeout = deadline - .now }
       let outcome = CallOutcome()
@@ -307,6 +324,7 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
       let error: RPCError
       switch result {
       case .picked(let subchannel):
+        subchannel.calls.increment()
         return subchannel
       case .unavailable(let reason):
         error = reason
@@ -369,6 +387,20 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
 
   private func perform(_ effects: Balancer.Effects) {
     for waiter in effects.wake { waiter.resume() }
+    for address in effects.ejected {
+      self.metrics.ejections(instance: address).increment()
+      self.logger.warning(
+        "Instance ejected after consecutive failures",
+        metadata: ["registry.service": "\(self.target.service)", "registry.address": "\(address)"]
+      )
+    }
+    for address in effects.readmitted {
+      self.metrics.readmissions(instance: address).increment()
+      self.logger.info(
+        "Ejected instance re-admitted after a success",
+        metadata: ["registry.service": "\(self.target.service)", "registry.address": "\(address)"]
+      )
+    }
     for subchannel in effects.close {
       self.logger.debug(
         "Closing connection to removed instance",
@@ -443,7 +475,12 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
         kind: self.config.connection,
         logger: logger
       )
-      return Subchannel(id: id, address: instance.address, connection: connection)
+      return Subchannel(
+        id: id,
+        address: instance.address,
+        connection: connection,
+        calls: self.metrics.calls(instance: instance.address)
+      )
     } catch {
       self.logger.info(
         "Skipping an instance whose address cannot be dialled",
