@@ -28,7 +28,7 @@ import Synchronization
 ///
 /// | name | kind | dimensions | measures |
 /// |---|---|---|---|
-/// | `etcd_lease_keepalive_duration` | timer | | from sending a lease renewal to etcd's answer |
+/// | `etcd_lease_keepalive_duration_seconds` | timer | | from sending a lease renewal to etcd's answer |
 public final class EtcdClient: Service, Sendable {
   /// The configuration the client was made with.
   public let configuration: Configuration
@@ -72,7 +72,7 @@ public final class EtcdClient: Service, Sendable {
     self.keepAlives = LeaseKeepAliveLoop(
       logger: logger,
       latency: Timer(
-        label: "etcd_lease_keepalive_duration",
+        label: "etcd_lease_keepalive_duration_seconds",
         dimensions: [],
         factory: metricsFactory
       )

@@ -37,7 +37,7 @@ import Synchronization
 /// | `registry_watch_restarts_total` | counter | `service` | watches listed again after an error |
 /// | `registry_watch_compactions_total` | counter | `service` | of those, after a compaction |
 /// | `registry_watched_instances` | gauge | `service` | instances the watch last saw |
-/// | `etcd_lease_keepalive_duration` | timer | | lease renewal round trips |
+/// | `etcd_lease_keepalive_duration_seconds` | timer | | lease renewal round trips |
 ///
 /// Run it for its lifetime, scoped or as a swift-service-lifecycle `Service`:
 ///

@@ -16,7 +16,7 @@ import CoreMetrics
 /// | `registry_watch_compactions_total` | counter | `service` | those restarts because etcd compacted the revision (or the store was replaced) |
 /// | `registry_watched_instances` | gauge | `service` | instances of a watched service, as the watch last saw them |
 ///
-/// The etcd client adds `etcd_lease_keepalive_duration` (a timer, see `EtcdClient`).
+/// The etcd client adds `etcd_lease_keepalive_duration_seconds` (a timer, see `EtcdClient`).
 struct RegistryMetrics: Sendable {
   let factory: any MetricsFactory
   let registrations: Counter

@@ -34,7 +34,8 @@ struct EtcdRegistryMetricsTests {
           .lastValue == 2
       }
       try await waitUntil("a lease renewal is timed", within: .seconds(5)) {
-        let values = metrics.timers(label: "etcd_lease_keepalive_duration").first?.values ?? []
+        let values =
+          metrics.timers(label: "etcd_lease_keepalive_duration_seconds").first?.values ?? []
         return !values.isEmpty && values.allSatisfy { $0 > 0 }
       }
 
