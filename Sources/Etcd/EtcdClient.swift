@@ -124,7 +124,7 @@ public final class EtcdClient: Service, Sendable {
       .exchanged,
       self.endpoints.count > 1
     {
-      self.logger.info(
+      self.logger.warning(
         "etcd endpoint failover",
         metadata: [
           "etcd.from": "\(self.endpoints[index].address)",

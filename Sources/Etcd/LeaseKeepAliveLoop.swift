@@ -130,7 +130,7 @@ final class LeaseKeepAliveLoop: Sendable {
       } catch {
         if Task.isCancelled { return }
         failures += 1
-        self.logger.info(
+        self.logger.warning(
           "etcd keep-alive stream failed",
           metadata: [
             "etcd.endpoint": "\(endpoint.address)", "etcd.error": "\(error)",

@@ -247,6 +247,7 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
       self.logger.warning(
         "skipped malformed registry value",
         metadata: [
+          "registry.service": "\(service)", "registry.address": "\(address)",
           "registry.key": "\(key)", "registry.error": "\(error.message)",
           "etcd.revision": "\(kv.modRevision)",
         ]

@@ -102,18 +102,21 @@ final class ServiceFeed: Sendable {
         self.metrics.compactions.increment()
         logger.warning(
           "service watch lost its revision; listing again",
-          metadata: ["registry.service": "\(self.service)", "registry.reason": "\(error.code)"]
+          metadata: [
+            "registry.service": "\(self.service)", "registry.reason": "\(error.code)",
+            "etcd.revision": "\(error.compactRevision.map { "\($0)" } ?? "-")",
+          ]
         )
       } catch {
         if Task.isCancelled { return }
         failures += 1
         self.metrics.restarts.increment()
         let delay = registry.configuration.recoveryBackoff.delay(attempt: min(failures - 1, 6))
-        logger.info(
+        logger.warning(
           "service watch failed; listing again",
           metadata: [
             "registry.service": "\(self.service)", "registry.error": "\(error)",
-            "registry.retryIn": "\(delay)",
+            "registry.retry_in": "\(delay)",
           ]
         )
         do {

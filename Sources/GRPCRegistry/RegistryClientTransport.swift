@@ -447,7 +447,7 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
       } catch {
         if Task.isCancelled { return }
         // The last known instances stay in use: an error never empties the set.
-        self.logger.info(
+        self.logger.warning(
           "Registry watch failed; keeping the last known instances and retrying",
           metadata: [
             "registry.service": "\(self.target.service)", "registry.error": "\(error)",
@@ -484,7 +484,10 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
     } catch {
       self.logger.info(
         "Skipping an instance whose address cannot be dialled",
-        metadata: ["registry.address": "\(instance.address)", "registry.error": "\(error)"]
+        metadata: [
+          "registry.service": "\(self.target.service)", "registry.address": "\(instance.address)",
+          "registry.error": "\(error)",
+        ]
       )
       return nil
     }
@@ -500,7 +503,10 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
         } catch {
           self.logger.debug(
             "Connection ended with an error",
-            metadata: ["registry.address": "\(subchannel.address)", "grpc.error": "\(error)"]
+            metadata: [
+              "registry.service": "\(self.target.service)",
+              "registry.address": "\(subchannel.address)", "grpc.error": "\(error)",
+            ]
           )
         }
       }
@@ -588,6 +594,7 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
     self.logger.debug(
       "Instance health changed",
       metadata: [
+        "registry.service": "\(self.target.service)",
         "registry.address": "\(subchannel.address)", "registry.health": "\(health)",
         "registry.reason": "\(reason)",
       ]
