@@ -3,6 +3,8 @@ import EtcdRegistry
 import Foundation
 import GRPCRegistry
 import Logging
+import Metrics
+import Prometheus
 import RegistryCore
 import ServiceLifecycle
 import UserService
@@ -16,6 +18,11 @@ struct UserServer: AsyncParsableCommand {
     discussion: """
       Prints 'READY <advertised address>' on its own line once registered. On SIGTERM or SIGINT
       it deregisters, waits the drain delay, finishes its calls and exits 0.
+
+      With --metrics-port it also serves the registry's and etcd client's metrics in the
+      Prometheus text format at http://<listen host>:<port>/metrics, and prints
+      'METRICS <host>:<port>' once it listens (port 0 picks a free port). Without it, no metrics
+      are collected.
       """
   )
 
@@ -46,6 +53,12 @@ struct UserServer: AsyncParsableCommand {
   @Option(help: "Seconds between deregistering and stopping, for clients to move away.")
   var drain = 1.0
 
+  @Option(
+    help:
+      "Serve Prometheus metrics at /metrics on this port, on the --listen host (0 picks a free port; off when absent)."
+  )
+  var metricsPort: Int?
+
   func validate() throws {
     guard let etcd, !etcd.isEmpty else {
       throw ValidationError(
@@ -60,6 +73,9 @@ struct UserServer: AsyncParsableCommand {
       throw ValidationError("--ttl must be at least 2 seconds (etcd's minimum)")
     }
     guard self.drain >= 0 else { throw ValidationError("--drain must not be negative") }
+    if let metricsPort, !(0 ... 65535).contains(metricsPort) {
+      throw ValidationError("--metrics-port must be 0 to 65535 (0 picks a free port)")
+    }
   }
 
   func run() async throws {
@@ -67,6 +83,14 @@ struct UserServer: AsyncParsableCommand {
     logger.logLevel = .info
     let (host, port) = try Self.parseListen(self.listen)
     let endpoints = (self.etcd ?? "").split(separator: ",").map { String($0) }
+    var metricsServer: MetricsServer?
+    if let metricsPort = self.metricsPort {
+      let collectors = PrometheusCollectorRegistry()
+      let factory = PrometheusMetricsFactory(registry: collectors)
+      // Everything that reads the global factory (the transport's defaults too) reports here.
+      MetricsSystem.bootstrap(factory)
+      metricsServer = MetricsServer(host: host, port: metricsPort, registry: collectors)
+    }
     let registry = try EtcdServiceRegistry(
       configuration: .defaults {
         $0.etcd.endpoints = endpoints
@@ -86,14 +110,18 @@ struct UserServer: AsyncParsableCommand {
     let server = RegisteredServer(config: config, registry: registry, logger: logger) { server in
       [UserDirectory(name: { server.advertisedAddress ?? "" })]
     }
+    // Shut down in reverse order: the server deregisters while the registry still runs, and
+    // metrics stay available until both have stopped.
+    var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+    if let metricsServer { services.append(.init(service: metricsServer)) }
+    services += [
+      .init(service: registry),
+      .init(service: server),
+      .init(service: ReadyReporter(server: server), successTerminationBehavior: .ignore),
+    ]
     let group = ServiceGroup(
       configuration: ServiceGroupConfiguration(
-        services: [
-          // Shut down in reverse order: the server deregisters while the registry still runs.
-          .init(service: registry),
-          .init(service: server),
-          .init(service: ReadyReporter(server: server), successTerminationBehavior: .ignore),
-        ],
+        services: services,
         gracefulShutdownSignals: [.sigterm, .sigint],
         logger: logger
       )

@@ -1,3 +1,4 @@
+public import CoreMetrics
 import GRPCConnection
 import GRPCCore
 public import Logging
@@ -22,6 +23,12 @@ import Synchronization
 ///
 /// or as a swift-service-lifecycle `Service` in a `ServiceGroup` (``run()`` and
 /// ``beginGracefulShutdown()``).
+///
+/// ## Metrics
+///
+/// | name | kind | dimensions | measures |
+/// |---|---|---|---|
+/// | `etcd_lease_keepalive_duration_seconds` | timer | | from sending a lease renewal to etcd's answer |
 public final class EtcdClient: Service, Sendable {
   /// The configuration the client was made with.
   public let configuration: Configuration
@@ -35,9 +42,18 @@ public final class EtcdClient: Service, Sendable {
 
   /// Creates a client. Nothing connects until ``run()``.
   ///
+  /// - Parameters:
+  ///   - configuration: Endpoints, TLS, credentials, timeouts.
+  ///   - logger: Receives connection, failover, watch and lease events (info and below).
+  ///   - metricsFactory: Where the client's metrics go (see "Metrics" above); by default the
+  ///     global `MetricsSystem.factory`.
   /// - Throws: ``EtcdError`` (`invalidArgument`) when an endpoint is not `host:port` or the list
   ///   is empty.
-  public init(configuration: Configuration, logger: Logger) throws(EtcdError) {
+  public init(
+    configuration: Configuration,
+    logger: Logger,
+    metricsFactory: any MetricsFactory = MetricsSystem.factory
+  ) throws(EtcdError) {
     guard !configuration.endpoints.isEmpty else {
       throw EtcdError(
         code: .invalidArgument,
@@ -53,7 +69,14 @@ public final class EtcdClient: Service, Sendable {
     self.endpoints = endpoints
     self.auth = AuthTokens(credentials: configuration.credentials)
     self.watches = WatchMultiplexer(logger: logger)
-    self.keepAlives = LeaseKeepAliveLoop(logger: logger)
+    self.keepAlives = LeaseKeepAliveLoop(
+      logger: logger,
+      latency: Timer(
+        label: "etcd_lease_keepalive_duration_seconds",
+        dimensions: [],
+        factory: metricsFactory
+      )
+    )
   }
 
   /// Runs the connections, the watch stream and the keep-alive stream until
@@ -101,7 +124,7 @@ public final class EtcdClient: Service, Sendable {
       .exchanged,
       self.endpoints.count > 1
     {
-      self.logger.info(
+      self.logger.warning(
         "etcd endpoint failover",
         metadata: [
           "etcd.from": "\(self.endpoints[index].address)",

@@ -130,6 +130,13 @@ extension EtcdError {
         message: "\(at): \(text); check the user name and password",
         cause: error
       )
+    case .invalidArgument where text.contains("user name is empty"):
+      // etcd has auth enabled and the request carried no token.
+      self.init(
+        code: .permissionDenied,
+        message: "\(at): \(text); etcd requires authentication, configure a user and password",
+        cause: error
+      )
     case .failedPrecondition where text.contains("authentication is not enabled"):
       self.init(
         code: .authFailed,

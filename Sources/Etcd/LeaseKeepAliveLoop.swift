@@ -1,3 +1,4 @@
+import CoreMetrics
 import GRPCCore
 import Logging
 import Synchronization
@@ -10,6 +11,8 @@ final class LeaseKeepAliveLoop: Sendable {
     var ttl: Duration
     var nextSend: ContinuousClock.Instant
     var lastRenewal: ContinuousClock.Instant
+    /// When the renewal now awaiting etcd's answer was sent.
+    var sentAt: ContinuousClock.Instant?
     var reportedOverdue = false
     var continuation: AsyncStream<EtcdLeaseKeepAliveEvent>.Continuation
   }
@@ -24,11 +27,13 @@ final class LeaseKeepAliveLoop: Sendable {
 
   private let state = Mutex(State())
   private let logger: Logger
+  private let latency: CoreMetrics.Timer
   private let shutdownSignal = ShutdownSignal()
   private let stoppedSignal = ShutdownSignal()
 
-  init(logger: Logger) {
+  init(logger: Logger, latency: CoreMetrics.Timer) {
     self.logger = logger
+    self.latency = latency
   }
 
   /// How many keep-alive streams have been opened (1 while nothing failed).
@@ -98,7 +103,11 @@ final class LeaseKeepAliveLoop: Sendable {
         // A new stream renews everything at once: after an outage, leases are confirmed (or
         // found lost) as soon as etcd answers.
         let now = ContinuousClock.now
-        for id in state.registrations.keys { state.registrations[id]?.nextSend = now }
+        for id in state.registrations.keys {
+          state.registrations[id]?.nextSend = now
+          // An answer on the new stream answers a request sent on it, not one lost with the old.
+          state.registrations[id]?.sentAt = nil
+        }
       }
       do {
         let metadata = try await client.auth.metadata(for: client)
@@ -121,7 +130,7 @@ final class LeaseKeepAliveLoop: Sendable {
       } catch {
         if Task.isCancelled { return }
         failures += 1
-        self.logger.info(
+        self.logger.warning(
           "etcd keep-alive stream failed",
           metadata: [
             "etcd.endpoint": "\(endpoint.address)", "etcd.error": "\(error)",
@@ -171,6 +180,8 @@ final class LeaseKeepAliveLoop: Sendable {
         for (id, var registration) in state.registrations {
           if registration.nextSend <= now {
             due.insert(registration.lease)
+            // A resend keeps the first send time: the latency is what etcd made us wait.
+            if registration.sentAt == nil { registration.sentAt = now }
             // Try again after a third of the TTL if no answer comes.
             registration.nextSend = now + registration.ttl / 3
           }
@@ -198,10 +209,15 @@ final class LeaseKeepAliveLoop: Sendable {
 
   private func handle(_ response: Etcdserverpb_LeaseKeepAliveResponse) {
     let now = ContinuousClock.now
-    let events = self.state.withLock { state in
+    let (events, latency) = self.state.withLock { state in
       var events: [(AsyncStream<EtcdLeaseKeepAliveEvent>.Continuation, EtcdLeaseKeepAliveEvent)] =
         []
+      var latency: Duration?
       for (id, var registration) in state.registrations where registration.lease == response.id {
+        if let sentAt = registration.sentAt {
+          latency = now - sentAt
+          registration.sentAt = nil
+        }
         if response.ttl <= 0 {
           events.append((registration.continuation, .lost))
           state.registrations[id] = nil
@@ -214,7 +230,11 @@ final class LeaseKeepAliveLoop: Sendable {
           events.append((registration.continuation, .renewed(ttl: response.ttl)))
         }
       }
-      return events
+      return (events, latency)
+    }
+    if let latency {
+      let (seconds, attoseconds) = latency.components
+      self.latency.recordNanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
     }
     for (continuation, event) in events {
       continuation.yield(event)

@@ -166,7 +166,8 @@ final class WatchMultiplexer: Sendable {
         )
       } catch {
         if Task.isCancelled { return }
-        self.logger.info(
+        // Self-healing: the stream is reopened (with failover and backoff) and watches resume.
+        self.logger.warning(
           "etcd watch stream failed",
           metadata: [
             "etcd.endpoint": "\(endpoint.address)", "etcd.error": "\(error)",

@@ -183,7 +183,7 @@ extension EtcdServiceRegistry {
           "registry recovery attempt failed; retrying",
           metadata: [
             "registry.attempt": "\(attempt)", "registry.error": "\(error)",
-            "registry.retryIn": "\(delay)",
+            "registry.retry_in": "\(delay)",
           ]
         )
         do {
@@ -257,14 +257,14 @@ extension EtcdServiceRegistry {
       self.metrics.keyRepairs.increment()
       self.logger.warning(
         "registered key was deleted; restored it",
-        metadata: ["registry.key": "\(key)", "etcd.lease": "\(lease.id)"]
+        metadata: self.keyMetadata(key).merging(["etcd.lease": "\(lease.id)"]) { $1 }
       )
     } catch let error as EtcdError where error.code == .leaseNotFound {
       self.leaseLost(lease, reason: "restoring a deleted key found it gone")
     } catch {
       self.logger.info(
         "could not restore deleted key yet",
-        metadata: ["registry.key": "\(key)", "registry.error": "\(error)"]
+        metadata: self.keyMetadata(key).merging(["registry.error": "\(error)"]) { $1 }
       )
     }
   }
@@ -314,5 +314,15 @@ extension EtcdServiceRegistry {
       }
       written = wanted
     }
+  }
+
+  /// The service, address and key of a registry key, for log metadata.
+  func keyMetadata(_ key: String) -> Logger.Metadata {
+    var metadata: Logger.Metadata = ["registry.key": "\(key)"]
+    if let (service, address) = self.keyspace.parse(key) {
+      metadata["registry.service"] = "\(service)"
+      metadata["registry.address"] = "\(address)"
+    }
+    return metadata
   }
 }

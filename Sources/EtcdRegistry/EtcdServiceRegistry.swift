@@ -19,6 +19,26 @@ import Synchronization
 /// next revision, across reconnects; after a compaction or a replaced store it is listed again
 /// and only the difference is reported. Values that do not decode are skipped with a warning.
 ///
+/// ## Metrics
+///
+/// Through the `metricsFactory` given to ``init(configuration:logger:metricsFactory:)``
+/// (by default the global `MetricsSystem.factory`):
+///
+/// | name | kind | dimensions | counts |
+/// |---|---|---|---|
+/// | `registry_registrations_total` | counter | | `register` calls etcd acknowledged |
+/// | `registry_deregistrations_total` | counter | | `deregister` calls etcd acknowledged |
+/// | `registry_lease_grants_total` | counter | | leases granted (the first and each replacement) |
+/// | `registry_lease_losses_total` | counter | | leases found expired, revoked or gone |
+/// | `registry_reregistrations_total` | counter | | recoveries that wrote every registration again |
+/// | `registry_recovery_attempts_total` | counter | | attempts of those recoveries, failed ones too |
+/// | `registry_key_repairs_total` | counter | | registered keys deleted by someone else, restored |
+/// | `registry_malformed_values_total` | counter | | registry values that did not decode, skipped |
+/// | `registry_watch_restarts_total` | counter | `service` | watches listed again after an error |
+/// | `registry_watch_compactions_total` | counter | `service` | of those, after a compaction |
+/// | `registry_watched_instances` | gauge | `service` | instances the watch last saw |
+/// | `etcd_lease_keepalive_duration_seconds` | timer | | lease renewal round trips |
+///
 /// Run it for its lifetime, scoped or as a swift-service-lifecycle `Service`:
 ///
 /// ```swift
@@ -59,9 +79,10 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
   /// Creates a registry. Nothing connects until ``run()``.
   ///
   /// - Parameters:
-  ///   - metricsFactory: Where the registry's counters go (registrations, lease grants and
+  ///   - metricsFactory: Where the registry's metrics go (registrations, lease grants and
   ///     losses, re-registrations and their attempts, key repairs, malformed values skipped,
-  ///     watch re-lists).
+  ///     watch restarts and compactions, instances per watched service, and the etcd client's
+  ///     keep-alive latency). The names are listed under "Metrics" above.
   /// - Throws: ``RegistryError`` (`invalidArgument`) for a bad prefix or TTL, or `EtcdError`
   ///   for a bad endpoint.
   public init(
@@ -81,7 +102,11 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
     self.keyspace = try RegistryKeyspace(prefix: configuration.keyPrefix)
     self.logger = logger
     self.metrics = RegistryMetrics(factory: metricsFactory)
-    self.client = try EtcdClient(configuration: configuration.etcd, logger: logger)
+    self.client = try EtcdClient(
+      configuration: configuration.etcd,
+      logger: logger,
+      metricsFactory: metricsFactory
+    )
     (self.feedLaunchStream, self.feedLaunches) = AsyncStream.makeStream(of: ServiceFeed.self)
   }
 
@@ -222,6 +247,7 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
       self.logger.warning(
         "skipped malformed registry value",
         metadata: [
+          "registry.service": "\(service)", "registry.address": "\(address)",
           "registry.key": "\(key)", "registry.error": "\(error.message)",
           "etcd.revision": "\(kv.modRevision)",
         ]
@@ -238,7 +264,11 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
         let (feed, launch) = try self.state.withLock { state throws(RegistryError) in
           if state.isShutDown { throw RegistryError.shutDown("watch") }
           if let feed = state.feeds[service] { return (feed, false) }
-          let feed = ServiceFeed(service: service, prefix: self.keyspace.servicePrefix(service))
+          let feed = ServiceFeed(
+            service: service,
+            prefix: self.keyspace.servicePrefix(service),
+            metrics: self.metrics.watch(service: service)
+          )
           state.feeds[service] = feed
           return (feed, true)
         }

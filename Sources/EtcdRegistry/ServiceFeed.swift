@@ -11,6 +11,7 @@ import Synchronization
 final class ServiceFeed: Sendable {
   let service: String
   let prefix: String
+  let metrics: WatchMetrics
   private let state = Mutex(State())
   private let stopSignal = ShutdownSignal()
 
@@ -21,9 +22,10 @@ final class ServiceFeed: Sendable {
     var stopped = false
   }
 
-  init(service: String, prefix: String) {
+  init(service: String, prefix: String, metrics: WatchMetrics) {
     self.service = service
     self.prefix = prefix
+    self.metrics = metrics
   }
 
   /// Adds a subscriber; it gets the current set at once when the feed has one, or as soon as
@@ -96,21 +98,25 @@ final class ServiceFeed: Sendable {
         return  // the client shut down
       } catch let error as EtcdError where error.code == .compacted || error.code == .storeReplaced
       {
-        registry.metrics.watchRelists.increment()
+        self.metrics.restarts.increment()
+        self.metrics.compactions.increment()
         logger.warning(
           "service watch lost its revision; listing again",
-          metadata: ["registry.service": "\(self.service)", "registry.reason": "\(error.code)"]
+          metadata: [
+            "registry.service": "\(self.service)", "registry.reason": "\(error.code)",
+            "etcd.revision": "\(error.compactRevision.map { "\($0)" } ?? "-")",
+          ]
         )
       } catch {
         if Task.isCancelled { return }
         failures += 1
-        registry.metrics.watchRelists.increment()
+        self.metrics.restarts.increment()
         let delay = registry.configuration.recoveryBackoff.delay(attempt: min(failures - 1, 6))
-        logger.info(
+        logger.warning(
           "service watch failed; listing again",
           metadata: [
             "registry.service": "\(self.service)", "registry.error": "\(error)",
-            "registry.retryIn": "\(delay)",
+            "registry.retry_in": "\(delay)",
           ]
         )
         do {
@@ -124,6 +130,7 @@ final class ServiceFeed: Sendable {
 
   /// Publishes a fresh listing: the first set as a snapshot, later ones as the difference.
   private func publish(listing: RegistrySnapshot) {
+    defer { self.metrics.instances.record(listing.instances.count) }
     self.state.withLock { state in
       guard let previous = state.snapshot else {
         state.snapshot = listing
@@ -156,8 +163,8 @@ final class ServiceFeed: Sendable {
           return (address, nil, event.kv.modRevision)
         }
       }
-    self.state.withLock { state in
-      guard var snapshot = state.snapshot else { return }
+    let count = self.state.withLock { state -> Int? in
+      guard var snapshot = state.snapshot else { return nil }
       for change in changes {
         let current = snapshot.instances.first { $0.address == change.address }
         let event: RegistryEvent?
@@ -175,6 +182,8 @@ final class ServiceFeed: Sendable {
       }
       snapshot.revision = max(snapshot.revision, batch.header.revision)
       state.snapshot = snapshot
+      return snapshot.instances.count
     }
+    if let count { self.metrics.instances.record(count) }
   }
 }

@@ -80,6 +80,10 @@ struct Balancer {
     var start: [Subchannel] = []
     var close: [Subchannel] = []
     var wake: [CheckedContinuation<Void, Never>] = []
+    /// Instances outlier detection ejected.
+    var ejected: [String] = []
+    /// Ejected instances that a success on probation re-admitted.
+    var readmitted: [String] = []
   }
 
   private mutating func changed(_ effects: inout Effects) {
@@ -335,6 +339,7 @@ struct Balancer {
         if self.entries[id]!.onProbation {
           self.entries[id]!.onProbation = false
           self.entries[id]!.ejections = 0
+          effects.readmitted.append(self.entries[id]!.instance.address)
         }
       }
     }
@@ -362,6 +367,7 @@ struct Balancer {
     self.entries[id]!.ejectedUntil = now + time
     self.entries[id]!.consecutiveFailures = 0
     self.entries[id]!.onProbation = false
+    effects.ejected.append(entry.instance.address)
     self.changed(&effects)
   }
 }

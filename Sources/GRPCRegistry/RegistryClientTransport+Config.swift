@@ -1,3 +1,4 @@
+public import CoreMetrics
 public import GRPCConnection
 public import GRPCCore
 
@@ -28,6 +29,10 @@ extension RegistryClientTransport {
     public var registryBackoff: HTTP2Connection.Backoff
     /// The service config whose method configs (timeouts, retries) apply to calls.
     public var serviceConfig: ServiceConfig
+    /// Where the transport's metrics go: calls per instance, fail-overs, ejections and
+    /// re-admissions (names in ``RegistryClientTransport``'s documentation). By default the
+    /// global `MetricsSystem.factory`, read when the configuration is made.
+    public var metricsFactory: any MetricsFactory
 
     /// Creates a configuration.
     public init(
@@ -38,7 +43,8 @@ extension RegistryClientTransport {
       maxStreamStartAttempts: Int,
       resolutionTimeout: Duration,
       registryBackoff: HTTP2Connection.Backoff,
-      serviceConfig: ServiceConfig
+      serviceConfig: ServiceConfig,
+      metricsFactory: any MetricsFactory = MetricsSystem.factory
     ) {
       self.loadBalancing = loadBalancing
       self.connection = connection
@@ -48,6 +54,7 @@ extension RegistryClientTransport {
       self.resolutionTimeout = resolutionTimeout
       self.registryBackoff = registryBackoff
       self.serviceConfig = serviceConfig
+      self.metricsFactory = metricsFactory
     }
 
     /// Smooth weighted round robin over the project's own connections, health checking on,

@@ -33,6 +33,20 @@ import Synchronization
 /// }
 /// ```
 ///
+/// ## Metrics
+///
+/// Through ``Config/metricsFactory`` (by default the global `MetricsSystem.factory`):
+///
+/// | name | kind | dimensions | counts |
+/// |---|---|---|---|
+/// | `registry_client_calls_total` | counter | `service`, `instance` | streams opened per instance |
+/// | `registry_client_failovers_total` | counter | `service` | calls moved to another instance |
+/// | `registry_client_ejections_total` | counter | `service`, `instance` | outlier ejections |
+/// | `registry_client_readmissions_total` | counter | `service`, `instance` | re-admissions |
+///
+/// A call whose stream could not start on one instance counts once on each instance it tried,
+/// and once as a fail-over; an ejected instance is re-admitted by its first success on probation.
+///
 /// `GRPCClient.runConnections()` calls ``connect()``, which runs everything (the registry watch,
 /// the connections, the health watches) as child tasks until ``beginGracefulShutdown()`` and the
 /// last call have finished, or until the task is cancelled.
@@ -49,6 +63,7 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
 
   private let registry: any ServiceRegistry
   private let logger: Logger
+  private let metrics: TransportMetrics
   private let state: Mutex<Balancer>
   private let started = Atomic<Bool>(false)
   private let stopWatching = Signal()
@@ -74,6 +89,7 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
     self.registry = registry
     self.config = config
     self.logger = logger
+    self.metrics = TransportMetrics(service: target.service, factory: config.metricsFactory)
     self.state = Mutex(
       Balancer(
         service: target.service,
@@ -168,6 +184,7 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
         // Every instance was tried: the reason the last one failed says more than "none left".
         throw lastError ?? error
       }
+      if lastError != nil { self.metrics.failovers.increment() }
       var attemptOptions = options
       if let deadline { attemptOptions.timeout = deadline - .now }
       let outcome = CallOutcome()
@@ -309,6 +326,7 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
       let error: RPCError
       switch result {
       case .picked(let subchannel):
+        subchannel.calls.increment()
         return subchannel
       case .unavailable(let reason):
         error = reason
@@ -371,6 +389,20 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
 
   private func perform(_ effects: Balancer.Effects) {
     for waiter in effects.wake { waiter.resume() }
+    for address in effects.ejected {
+      self.metrics.ejections(instance: address).increment()
+      self.logger.warning(
+        "Instance ejected after consecutive failures",
+        metadata: ["registry.service": "\(self.target.service)", "registry.address": "\(address)"]
+      )
+    }
+    for address in effects.readmitted {
+      self.metrics.readmissions(instance: address).increment()
+      self.logger.info(
+        "Ejected instance re-admitted after a success",
+        metadata: ["registry.service": "\(self.target.service)", "registry.address": "\(address)"]
+      )
+    }
     for subchannel in effects.close {
       self.logger.debug(
         "Closing connection to removed instance",
@@ -417,7 +449,7 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
       } catch {
         if Task.isCancelled { return }
         // The last known instances stay in use: an error never empties the set.
-        self.logger.info(
+        self.logger.warning(
           "Registry watch failed; keeping the last known instances and retrying",
           metadata: [
             "registry.service": "\(self.target.service)", "registry.error": "\(error)",
@@ -445,11 +477,19 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
         kind: self.config.connection,
         logger: logger
       )
-      return Subchannel(id: id, address: instance.address, connection: connection)
+      return Subchannel(
+        id: id,
+        address: instance.address,
+        connection: connection,
+        calls: self.metrics.calls(instance: instance.address)
+      )
     } catch {
       self.logger.info(
         "Skipping an instance whose address cannot be dialled",
-        metadata: ["registry.address": "\(instance.address)", "registry.error": "\(error)"]
+        metadata: [
+          "registry.service": "\(self.target.service)", "registry.address": "\(instance.address)",
+          "registry.error": "\(error)",
+        ]
       )
       return nil
     }
@@ -465,7 +505,10 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
         } catch {
           self.logger.debug(
             "Connection ended with an error",
-            metadata: ["registry.address": "\(subchannel.address)", "grpc.error": "\(error)"]
+            metadata: [
+              "registry.service": "\(self.target.service)",
+              "registry.address": "\(subchannel.address)", "grpc.error": "\(error)",
+            ]
           )
         }
       }
@@ -553,6 +596,7 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
     self.logger.debug(
       "Instance health changed",
       metadata: [
+        "registry.service": "\(self.target.service)",
         "registry.address": "\(subchannel.address)", "registry.health": "\(health)",
         "registry.reason": "\(reason)",
       ]

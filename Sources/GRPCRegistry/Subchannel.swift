@@ -1,3 +1,4 @@
+import CoreMetrics
 import GRPCConnection
 import GRPCCore
 import Synchronization
@@ -10,11 +11,14 @@ final class Subchannel: Sendable {
   let connection: InstanceConnection
   /// Fired when the connection should close gracefully.
   let close = Signal()
+  /// The calls picked on this instance.
+  let calls: Counter
 
-  init(id: UInt64, address: String, connection: InstanceConnection) {
+  init(id: UInt64, address: String, connection: InstanceConnection, calls: Counter) {
     self.id = id
     self.address = address
     self.connection = connection
+    self.calls = calls
   }
 }
 

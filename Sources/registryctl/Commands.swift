@@ -205,7 +205,7 @@ struct Watch: AsyncParsableCommand {
         }
       }
     } catch {
-      throw Failure.from(error)
+      throw self.connection.failure(error)
     }
   }
 }
@@ -281,7 +281,7 @@ struct Register: AsyncParsableCommand {
       }
       print("DEREGISTERED \(self.service) \(self.address)")
     } catch {
-      throw Failure.from(error)
+      throw self.connection.failure(error)
     }
   }
 }
@@ -336,9 +336,9 @@ struct Status: AsyncParsableCommand {
       return rows
     }
     printTable(["ENDPOINT", "MEMBER", "VERSION", "LEADER", "REVISION", "DB SIZE", "ERRORS"], lines)
-    print(
-      "tls: \(self.connection.usesTLS ? "on" : "off")  auth: \(self.connection.usesAuth ? "on" : "off")"
-    )
+    let tls = self.connection.usesMutualTLS ? "on (mutual)" : self.connection.usesTLS ? "on" : "off"
+    let auth = self.connection.userName.map { "on (user \($0))" } ?? "off"
+    print("tls: \(tls)  auth: \(auth)")
     if lines.allSatisfy({ $0[2] == "-" }) {
       throw Failure(code: 3, message: "no endpoint answered")
     }

@@ -148,7 +148,51 @@ struct ConnectionOptions: ParsableArguments {
   }
 
   var usesTLS: Bool { (self.cacert ?? self.environment["REGISTRY_ETCD_CACERT"]) != nil }
-  var usesAuth: Bool { (self.user ?? self.environment["REGISTRY_ETCD_USER"]) != nil }
+  var usesMutualTLS: Bool {
+    self.usesTLS && (self.cert ?? self.environment["REGISTRY_ETCD_CERT"]) != nil
+  }
+  var usesAuth: Bool { self.userName != nil }
+  /// The etcd user name, without the password.
+  var userName: String? {
+    (self.user ?? self.environment["REGISTRY_ETCD_USER"]).map { String($0.prefix { $0 != ":" }) }
+  }
+
+  /// Maps an error onto its exit code, adding what to do about a connection or access failure
+  /// in terms of this command's flags.
+  func failure(_ error: any Error) -> Failure {
+    var failure = Failure.from(error)
+    guard failure.code == 3 else { return failure }
+    let code = (error as? EtcdError)?.code ?? ((error as? RegistryError)?.cause as? EtcdError)?.code
+    let endpoints = self.etcdEndpoints.joined(separator: ",")
+    let text = failure.message.lowercased()
+    let hint: String
+    switch code {
+    case .authFailed?:
+      hint =
+        "check the user name and password given with --user name:password (or REGISTRY_ETCD_USER)"
+    case .permissionDenied? where !self.usesAuth:
+      hint =
+        "etcd has authentication enabled: pass --user name:password (or set REGISTRY_ETCD_USER)"
+    case .permissionDenied?:
+      hint =
+        "ask an etcd administrator to grant user '\(self.userName ?? "")' a role with read and write access to \(self.keyPrefix)"
+    default:
+      if self.usesTLS,
+        ["certificate", "tls", "ssl", "handshake"].contains(where: { text.contains($0) })
+      {
+        hint =
+          "check that --cacert (REGISTRY_ETCD_CACERT) is the CA that signed etcd's server certificate; for mutual TLS also pass --cert and --key (REGISTRY_ETCD_CERT, REGISTRY_ETCD_KEY)"
+      } else if self.usesTLS {
+        hint =
+          "check that etcd is running at \(endpoints) and that --cacert (REGISTRY_ETCD_CACERT) is the CA that signed its certificate"
+      } else {
+        hint =
+          "check that etcd is running at \(endpoints) (--etcd or REGISTRY_ETCD_ENDPOINTS); if it serves TLS, pass --cacert (REGISTRY_ETCD_CACERT)"
+      }
+    }
+    failure.message += "\nhint: " + hint
+    return failure
+  }
 
   var etcdConfiguration: EtcdClient.Configuration {
     .defaults {
@@ -197,7 +241,7 @@ struct ConnectionOptions: ParsableArguments {
         body
       )
     } catch {
-      throw Failure.from(error)
+      throw self.failure(error)
     }
   }
 }

@@ -3,6 +3,7 @@ import EtcdHarness
 import EtcdRegistry
 import Foundation
 import Logging
+import Metrics
 import RegistryCore
 import Synchronization
 
@@ -30,6 +31,7 @@ final class RunningRegistry: Sendable {
   init(
     _ cluster: EtcdCluster,
     prefix: String,
+    metricsFactory: any MetricsFactory = MetricsSystem.factory,
     configure: (inout EtcdServiceRegistry.Configuration) -> Void = { _ in }
   ) throws {
     let registry = try EtcdServiceRegistry(
@@ -39,7 +41,8 @@ final class RunningRegistry: Sendable {
         $0.leaseTTL = .seconds(2)
         configure(&$0)
       },
-      logger: testLogger("registry")
+      logger: testLogger("registry"),
+      metricsFactory: metricsFactory
     )
     self.registry = registry
     self.task = Task { try await registry.run() }

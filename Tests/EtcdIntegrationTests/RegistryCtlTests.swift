@@ -41,10 +41,14 @@ struct RegistryCtl {
   }
 
   /// Runs to completion; returns exit status and output.
-  func run(_ arguments: [String]) async throws -> (status: Int32, stdout: String, stderr: String) {
+  func run(
+    _ arguments: [String],
+    environment: [String: String] = [:]
+  ) async throws -> (status: Int32, stdout: String, stderr: String) {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: try Self.executable)
     process.arguments = self.arguments(arguments)
+    process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
     let out = Pipe()
     let err = Pipe()
     process.standardOutput = out

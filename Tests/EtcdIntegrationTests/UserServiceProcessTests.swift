@@ -28,15 +28,22 @@ final class UserServerProcess: Sendable {
   let output: OutputCollector
   let address: String
 
-  init(etcd: EtcdCluster, prefix: String, weight: Int = 1, ttl: Int = 5) async throws {
+  init(
+    etcd: EtcdCluster,
+    prefix: String,
+    weight: Int = 1,
+    ttl: Int = 5,
+    extraArguments: [String] = []
+  ) async throws {
     let output = OutputCollector()
     let process = Process()
     process.executableURL = URL(fileURLWithPath: try Executables.path("user-server"))
-    process.arguments = [
-      "--etcd", etcd.endpoints.joined(separator: ","), "--listen", "127.0.0.1:0", "--weight",
-      "\(weight)",
-      "--ttl", "\(ttl)", "--prefix", prefix, "--drain", "0.3",
-    ]
+    process.arguments =
+      [
+        "--etcd", etcd.endpoints.joined(separator: ","), "--listen", "127.0.0.1:0", "--weight",
+        "\(weight)",
+        "--ttl", "\(ttl)", "--prefix", prefix, "--drain", "0.3",
+      ] + extraArguments
     process.standardOutput = output.pipe
     process.standardError = FileHandle.nullDevice
     try process.run()
@@ -47,6 +54,12 @@ final class UserServerProcess: Sendable {
     self.process = process
     self.output = output
     self.address = String(line.dropFirst("READY ".count))
+  }
+
+  /// The address of the metrics endpoint, from the `METRICS <host:port>` line.
+  var metricsAddress: String? {
+    self.output.output.split(separator: "\n").first { $0.hasPrefix("METRICS ") }
+      .map { String($0.dropFirst("METRICS ".count)) }
   }
 
   deinit {
