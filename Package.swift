@@ -222,6 +222,7 @@ let package = Package(
       name: "GRPCRegistryTests",
       dependencies: [
         "GRPCRegistry",
+        "EtcdHarness",
         "GRPCConnection",
         "RegistryCore",
         "RegistryTesting",

@@ -15,11 +15,13 @@ enum InstanceConnection: ClientTransport {
   static func make(
     address: String,
     kind: RegistryClientTransport.InstanceConnectionKind,
+    tls: HTTP2Connection.TLS?,
     logger: Logger
   ) throws -> Self {
     let parsed = try ServiceAddress(parsing: address)
     switch kind.value {
-    case .http2Connection(let config):
+    case .http2Connection(var config):
+      if let tls { config.tls = tls }
       return .own(
         HTTP2Connection(
           target: .host(parsed.host, port: parsed.port),
@@ -36,7 +38,12 @@ enum InstanceConnection: ClientTransport {
       } else {
         target = .dns(host: parsed.host, port: parsed.port)
       }
-      return .posix(try HTTP2ClientTransport.Posix(target: target, transportSecurity: .plaintext))
+      return .posix(
+        try HTTP2ClientTransport.Posix(
+          target: target,
+          transportSecurity: tls?.posixTransportSecurity ?? .plaintext
+        )
+      )
     }
   }
 

@@ -28,6 +28,25 @@ extension RegistryClientTransport {
     public var registryBackoff: HTTP2Connection.Backoff
     /// The service config whose method configs (timeouts, retries) apply to calls.
     public var serviceConfig: ServiceConfig
+    /// TLS towards every instance, whichever ``connection`` kind is used: the CAs that signed
+    /// the servers' certificates and, for mutual TLS, the client's certificate. `nil` (the
+    /// default) connects in plaintext, unless an ``InstanceConnectionKind/http2Connection(_:)``
+    /// configuration carries TLS of its own; when both are set, this one is used.
+    ///
+    /// Servers' certificates are verified against the address each instance registered (an IP
+    /// address SAN for an IP address); ``GRPCConnection/HTTP2Connection/TLS/serverHostname``
+    /// overrides that name for the project's own connections, not for ``InstanceConnectionKind/posix``.
+    ///
+    /// ```swift
+    /// let config = RegistryClientTransport.Config.defaults {
+    ///   $0.tls = .defaults {
+    ///     $0.trustRoots = .certificates(.file(path: "ca.pem"))
+    ///     $0.certificateChain = .file(path: "client.pem")  // mutual TLS only
+    ///     $0.privateKey = .file(path: "client.key")
+    ///   }
+    /// }
+    /// ```
+    public var tls: HTTP2Connection.TLS?
 
     /// Creates a configuration.
     public init(
@@ -38,7 +57,8 @@ extension RegistryClientTransport {
       maxStreamStartAttempts: Int,
       resolutionTimeout: Duration,
       registryBackoff: HTTP2Connection.Backoff,
-      serviceConfig: ServiceConfig
+      serviceConfig: ServiceConfig,
+      tls: HTTP2Connection.TLS? = nil
     ) {
       self.loadBalancing = loadBalancing
       self.connection = connection
@@ -48,10 +68,12 @@ extension RegistryClientTransport {
       self.resolutionTimeout = resolutionTimeout
       self.registryBackoff = registryBackoff
       self.serviceConfig = serviceConfig
+      self.tls = tls
     }
 
-    /// Smooth weighted round robin over the project's own connections, health checking on,
-    /// outlier detection after 5 consecutive failures, up to 3 instances tried per call.
+    /// Smooth weighted round robin over the project's own connections in plaintext, health
+    /// checking on, outlier detection after 5 consecutive failures, up to 3 instances tried per
+    /// call.
     public static var defaults: Self {
       Self(
         loadBalancing: .weightedRoundRobin,
@@ -115,7 +137,8 @@ extension RegistryClientTransport {
       Self(value: .http2Connection(config))
     }
 
-    /// grpc-swift's stock `HTTP2ClientTransport.Posix`, plaintext, with its defaults.
+    /// grpc-swift's stock `HTTP2ClientTransport.Posix` with its defaults; plaintext unless
+    /// ``Config/tls`` is set.
     public static var posix: Self { Self(value: .posix) }
 
     /// A 5 s connect timeout and fast reconnection (100 ms to 5 s): an instance that went away

@@ -441,6 +441,7 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
       let connection = try InstanceConnection.make(
         address: instance.address,
         kind: self.config.connection,
+        tls: self.config.tls,
         logger: logger
       )
       return Subchannel(id: id, address: instance.address, connection: connection)

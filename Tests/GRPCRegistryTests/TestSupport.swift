@@ -30,7 +30,8 @@ final class TestServer: Sendable {
     group: String = "",
     registry: InMemoryRegistry,
     ttl: Duration? = nil,
-    drainDelay: Duration = .milliseconds(100)
+    drainDelay: Duration = .milliseconds(100),
+    tls: RegisteredServer.TLS? = nil
   ) async throws -> TestServer {
     let handle = InMemoryRegistry(sharing: registry)
     let leased = LeasedRegistry(base: handle, ttl: ttl)
@@ -38,6 +39,7 @@ final class TestServer: Sendable {
       $0.weight = weight
       $0.group = group
       $0.drainDelay = drainDelay
+      $0.tls = tls
     }
     let server = RegisteredServer(config: config, registry: leased, logger: testLogger()) {
       server in
