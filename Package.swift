@@ -38,6 +38,8 @@ let package = Package(
     .package(url: "https://github.com/grpc/grpc-swift-protobuf", from: "2.4.1"),
     .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    // `swift package generate-documentation` for the DocC catalogs; no code depends on it.
+    .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
   ],
   targets: [
     // The registry model, the protocol, the embedded in-memory registry and the JSON codec.
@@ -223,6 +225,7 @@ let package = Package(
       dependencies: [
         "GRPCRegistry",
         "EtcdHarness",
+        "EtcdRegistry",
         "GRPCConnection",
         "RegistryCore",
         "RegistryTesting",
