@@ -5,7 +5,7 @@ public import RegistryCore
 public import ServiceLifecycle
 import Synchronization
 
-/// A grpc-swift-2 server that registers itself in a ``ServiceRegistry`` once it listens, and
+/// A grpc-swift-2 server that registers itself in a `ServiceRegistry` once it listens, and
 /// deregisters and drains before it stops: a swift-service-lifecycle `Service`.
 ///
 /// ``run()`` binds (port 0 allowed), learns the bound address, registers

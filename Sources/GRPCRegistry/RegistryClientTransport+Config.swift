@@ -34,7 +34,7 @@ extension RegistryClientTransport {
     /// configuration carries TLS of its own; when both are set, this one is used.
     ///
     /// Servers' certificates are verified against the address each instance registered (an IP
-    /// address SAN for an IP address); ``GRPCConnection/HTTP2Connection/TLS/serverHostname``
+    /// address SAN for an IP address); `HTTP2Connection.TLS.serverHostname`
     /// overrides that name for the project's own connections, not for ``InstanceConnectionKind/posix``.
     ///
     /// ```swift
@@ -129,7 +129,7 @@ extension RegistryClientTransport {
     }
     let value: Value
 
-    /// The project's own ``GRPCConnection/HTTP2Connection`` (lean per call, tolerates grpc-go's
+    /// The project's own `HTTP2Connection` (lean per call, tolerates grpc-go's
     /// BDP pings), with `config`. The default.
     public static func http2Connection(
       _ config: HTTP2Connection.Config = Self.defaultConnectionConfig
