@@ -134,6 +134,8 @@ let package = Package(
       name: "registry-demo",
       dependencies: [
         "RegistryCore",
+        "EtcdHarness",
+        "GRPCConnection",
         "EtcdRegistry",
         "GRPCRegistry",
         "UserService",
