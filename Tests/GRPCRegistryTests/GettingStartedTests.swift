@@ -10,7 +10,8 @@ import UserService
 
 // The code of the DocC article GettingStarted.md, compiled and run here. The last test checks
 // that every Swift block of the article appears in this file, line for line (indentation aside),
-// so the article cannot drift from code that builds.
+// so the article cannot drift from code that builds (and likewise SecuringWithTLS.md against
+// TLSTests.swift).
 
 /// The getting-started story on the in-memory registry: a server registers, a client dials
 /// `registry://user-server` and routes a call to group A.
@@ -100,21 +101,27 @@ struct GettingStartedTests {
     _ = production
   }
 
-  @Test("every Swift block of GettingStarted.md is code of this file")
-  func articleMatchesCode() throws {
-    let testFile = URL(fileURLWithPath: #filePath)
-    let root = testFile.deletingLastPathComponent().deletingLastPathComponent()
-      .deletingLastPathComponent()
+  @Test(
+    "every Swift block of an article is code of its test file",
+    arguments: [
+      ("GettingStarted.md", "GettingStartedTests.swift", 5),
+      ("SecuringWithTLS.md", "TLSTests.swift", 3),
+    ]
+  )
+  func articleMatchesCode(article name: String, code file: String, blocksAtLeast: Int) throws {
+    let testsDirectory = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+    let root = testsDirectory.deletingLastPathComponent().deletingLastPathComponent()
     let article = try String(
-      contentsOf: root.appendingPathComponent(
-        "Sources/GRPCRegistry/Documentation.docc/GettingStarted.md"
-      ),
+      contentsOf: root.appendingPathComponent("Sources/GRPCRegistry/Documentation.docc/\(name)"),
       encoding: .utf8
     )
-    let code = try String(contentsOf: testFile, encoding: .utf8)
+    let code = try String(
+      contentsOf: testsDirectory.appendingPathComponent(file),
+      encoding: .utf8
+    )
     let codeLines = Self.normalizedLines(code)
     let blocks = Self.swiftBlocks(in: article)
-    #expect(blocks.count >= 3, "the article should show the server, the client and production")
+    #expect(blocks.count >= blocksAtLeast, "\(name) has \(blocks.count) Swift blocks")
     for block in blocks {
       let lines = Self.normalizedLines(block)
       let found = (0 ... max(0, codeLines.count - lines.count)).contains { start in

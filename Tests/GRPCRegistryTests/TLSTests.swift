@@ -170,3 +170,52 @@ struct TLSTests {
     try await server.stopGracefully()
   }
 }
+
+// The code of the DocC article SecuringWithTLS.md, compiled here; GettingStartedTests checks
+// that every Swift block of the article is code of this file.
+
+private func articleServerConfig() -> RegisteredServer.Config {
+  let config = RegisteredServer.Config(name: "user-server") {
+    $0.tls = .tls(
+      certificateChain: .file(path: "/etc/user-server/server.pem"),
+      privateKey: .file(path: "/etc/user-server/server.key")
+    )
+  }
+  return config
+}
+
+private func articleMutualServerConfig() -> RegisteredServer.Config {
+  RegisteredServer.Config(name: "user-server") {
+    $0.tls = .mutualTLS(
+      certificateChain: .file(path: "/etc/user-server/server.pem"),
+      privateKey: .file(path: "/etc/user-server/server.key"),
+      clientTrustRoots: .file(path: "/etc/pki/services-ca.pem")
+    )
+  }
+}
+
+private func articleClientConfig() -> RegistryClientTransport.Config {
+  let config = RegistryClientTransport.Config.defaults {
+    $0.tls = .defaults {
+      $0.trustRoots = .certificates(.file(path: "/etc/pki/services-ca.pem"))
+      // For mutual TLS:
+      $0.certificateChain = .file(path: "/etc/user-client/client.pem")
+      $0.privateKey = .file(path: "/etc/user-client/client.key")
+    }
+  }
+  return config
+}
+
+@Suite("TLS article")
+struct TLSArticleTests {
+  @Test("the article's configurations say what it says they do")
+  func configurations() {
+    #expect(articleServerConfig().tls?.clientTrustRoots == nil)
+    #expect(
+      articleMutualServerConfig().tls?.clientTrustRoots == .file(path: "/etc/pki/services-ca.pem")
+    )
+    let client = articleClientConfig().tls
+    #expect(client?.trustRoots == .certificates(.file(path: "/etc/pki/services-ca.pem")))
+    #expect(client?.certificateChain == .file(path: "/etc/user-client/client.pem"))
+  }
+}
