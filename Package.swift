@@ -166,6 +166,7 @@ let package = Package(
       name: "user-client",
       dependencies: [
         "RegistryCore",
+        "GRPCConnection",
         "EtcdRegistry",
         "GRPCRegistry",
         "UserService",

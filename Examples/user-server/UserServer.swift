@@ -46,6 +46,15 @@ struct UserServer: AsyncParsableCommand {
   @Option(help: "Seconds between deregistering and stopping, for clients to move away.")
   var drain = 1.0
 
+  @Option(help: "TLS: PEM file of the server's certificate chain (with --tls-key).")
+  var tlsCert: String?
+
+  @Option(help: "TLS: PEM file of the server's private key (with --tls-cert).")
+  var tlsKey: String?
+
+  @Option(help: "Mutual TLS: PEM file of the CA(s) client certificates must chain to.")
+  var tlsClientCA: String?
+
   func validate() throws {
     guard let etcd, !etcd.isEmpty else {
       throw ValidationError(
@@ -60,6 +69,12 @@ struct UserServer: AsyncParsableCommand {
       throw ValidationError("--ttl must be at least 2 seconds (etcd's minimum)")
     }
     guard self.drain >= 0 else { throw ValidationError("--drain must not be negative") }
+    guard (self.tlsCert == nil) == (self.tlsKey == nil) else {
+      throw ValidationError("--tls-cert and --tls-key go together")
+    }
+    guard self.tlsClientCA == nil || self.tlsCert != nil else {
+      throw ValidationError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+    }
   }
 
   func run() async throws {
@@ -82,6 +97,13 @@ struct UserServer: AsyncParsableCommand {
       $0.weight = self.weight
       $0.group = self.group
       $0.drainDelay = .milliseconds(Int(self.drain * 1000))
+      if let cert = self.tlsCert, let key = self.tlsKey {
+        $0.tls = RegisteredServer.TLS(
+          certificateChain: .file(path: cert),
+          privateKey: .file(path: key),
+          clientTrustRoots: self.tlsClientCA.map { .file(path: $0) }
+        )
+      }
     }
     let server = RegisteredServer(config: config, registry: registry, logger: logger) { server in
       [UserDirectory(name: { server.advertisedAddress ?? "" })]
