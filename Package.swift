@@ -40,6 +40,8 @@ let package = Package(
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     .package(url: "https://github.com/apple/swift-service-context", from: "1.5.1"),
     .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+    // `swift package generate-documentation` for the DocC catalogs; no code depends on it.
+    .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
   ],
   targets: [
     // The registry model, the protocol, the embedded in-memory registry and the JSON codec.
@@ -136,6 +138,8 @@ let package = Package(
       name: "registry-demo",
       dependencies: [
         "RegistryCore",
+        "EtcdHarness",
+        "GRPCConnection",
         "EtcdRegistry",
         "GRPCRegistry",
         "UserService",
@@ -171,6 +175,7 @@ let package = Package(
       name: "user-client",
       dependencies: [
         "RegistryCore",
+        "GRPCConnection",
         "EtcdRegistry",
         "GRPCRegistry",
         "UserService",
@@ -231,6 +236,8 @@ let package = Package(
       name: "GRPCRegistryTests",
       dependencies: [
         "GRPCRegistry",
+        "EtcdHarness",
+        "EtcdRegistry",
         "GRPCConnection",
         "RegistryCore",
         "RegistryTesting",

@@ -1,6 +1,7 @@
 import ArgumentParser
 import EtcdRegistry
 import Foundation
+import GRPCConnection
 import GRPCCore
 import GRPCRegistry
 import Logging
@@ -42,6 +43,15 @@ struct UserClient: AsyncParsableCommand {
   @Option(help: "Seconds each call may take.")
   var timeout = 5.0
 
+  @Option(help: "TLS to the servers: PEM file of the CA that signed their certificates.")
+  var tlsCA: String?
+
+  @Option(help: "Mutual TLS: PEM file of this client's certificate (with --tls-key).")
+  var tlsCert: String?
+
+  @Option(help: "Mutual TLS: PEM file of this client's private key (with --tls-cert).")
+  var tlsKey: String?
+
   func validate() throws {
     guard let etcd, !etcd.isEmpty else {
       throw ValidationError(
@@ -50,6 +60,22 @@ struct UserClient: AsyncParsableCommand {
     }
     guard self.calls >= 0 else { throw ValidationError("--calls must not be negative") }
     guard self.concurrency >= 1 else { throw ValidationError("--concurrency must be at least 1") }
+    guard (self.tlsCert == nil) == (self.tlsKey == nil) else {
+      throw ValidationError("--tls-cert and --tls-key go together (mutual TLS needs both)")
+    }
+  }
+
+  /// TLS towards the servers when any TLS option is given; the system's trust roots without
+  /// --tls-ca.
+  var tls: HTTP2Connection.TLS? {
+    guard self.tlsCA != nil || self.tlsCert != nil else { return nil }
+    return .defaults {
+      if let ca = self.tlsCA { $0.trustRoots = .certificates(.file(path: ca)) }
+      if let cert = self.tlsCert, let key = self.tlsKey {
+        $0.certificateChain = .file(path: cert)
+        $0.privateKey = .file(path: key)
+      }
+    }
   }
 
   func run() async throws {
@@ -68,7 +94,12 @@ struct UserClient: AsyncParsableCommand {
     }
     let summary = try await withEtcdServiceRegistry(configuration: configuration, logger: logger) {
       registry in
-      let transport = RegistryClientTransport(target: target, registry: registry, logger: logger)
+      let transport = RegistryClientTransport(
+        target: target,
+        registry: registry,
+        config: .defaults { $0.tls = self.tls },
+        logger: logger
+      )
       return try await withGRPCClient(transport: transport) { client in
         try await self.callAll(User_UserMesService.Client(wrapping: client))
       }

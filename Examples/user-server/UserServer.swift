@@ -58,6 +58,14 @@ struct UserServer: AsyncParsableCommand {
       "Serve Prometheus metrics at /metrics on this port, on the --listen host (0 picks a free port; off when absent)."
   )
   var metricsPort: Int?
+  @Option(help: "TLS: PEM file of the server's certificate chain (with --tls-key).")
+  var tlsCert: String?
+
+  @Option(help: "TLS: PEM file of the server's private key (with --tls-cert).")
+  var tlsKey: String?
+
+  @Option(help: "Mutual TLS: PEM file of the CA(s) client certificates must chain to.")
+  var tlsClientCA: String?
 
   func validate() throws {
     guard let etcd, !etcd.isEmpty else {
@@ -75,6 +83,12 @@ struct UserServer: AsyncParsableCommand {
     guard self.drain >= 0 else { throw ValidationError("--drain must not be negative") }
     if let metricsPort, !(0 ... 65535).contains(metricsPort) {
       throw ValidationError("--metrics-port must be 0 to 65535 (0 picks a free port)")
+    }
+    guard (self.tlsCert == nil) == (self.tlsKey == nil) else {
+      throw ValidationError("--tls-cert and --tls-key go together")
+    }
+    guard self.tlsClientCA == nil || self.tlsCert != nil else {
+      throw ValidationError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
     }
   }
 
@@ -106,6 +120,13 @@ struct UserServer: AsyncParsableCommand {
       $0.weight = self.weight
       $0.group = self.group
       $0.drainDelay = .milliseconds(Int(self.drain * 1000))
+      if let cert = self.tlsCert, let key = self.tlsKey {
+        $0.tls = RegisteredServer.TLS(
+          certificateChain: .file(path: cert),
+          privateKey: .file(path: key),
+          clientTrustRoots: self.tlsClientCA.map { .file(path: $0) }
+        )
+      }
     }
     let server = RegisteredServer(config: config, registry: registry, logger: logger) { server in
       [UserDirectory(name: { server.advertisedAddress ?? "" })]

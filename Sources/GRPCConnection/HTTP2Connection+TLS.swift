@@ -3,12 +3,12 @@ internal import NIOSSL
 extension HTTP2Connection {
   /// PEM-encoded data, from a file or from memory.
   public struct PEMSource: Sendable, Hashable {
-    enum Kind: Hashable {
+    package enum Kind: Hashable {
       case file(String)
       case bytes([UInt8])
     }
 
-    let kind: Kind
+    package let kind: Kind
 
     /// PEM data read from `path` when the connection is created.
     public static func file(path: String) -> Self {
@@ -25,12 +25,12 @@ extension HTTP2Connection {
   public struct TLS: Sendable, Hashable {
     /// Where trusted CA certificates come from.
     public struct TrustRoots: Sendable, Hashable {
-      enum Kind: Hashable {
+      package enum Kind: Hashable {
         case systemDefault
         case certificates(PEMSource)
       }
 
-      let kind: Kind
+      package let kind: Kind
 
       /// The operating system's trust store.
       public static var systemDefault: Self { Self(kind: .systemDefault) }
@@ -43,13 +43,13 @@ extension HTTP2Connection {
 
     /// How the server's certificate is checked.
     public struct Verification: Sendable, Hashable {
-      enum Kind: Hashable {
+      package enum Kind: Hashable {
         case full
         case noHostname
         case none
       }
 
-      let kind: Kind
+      package let kind: Kind
 
       /// Chain and host name (the default).
       public static var full: Self { Self(kind: .full) }
@@ -206,5 +206,39 @@ extension HTTP2Connection.TLS {
         cause: error
       )
     }
+  }
+}
+
+extension HTTP2Connection.TLS {
+  /// Says why a connection attempt failed in the reader's terms when the TLS handshake is the
+  /// reason (the server's certificate not trusted, a client certificate required), and what to
+  /// configure; `nil` when `error` is not a TLS failure.
+  ///
+  /// BoringSSL reports these as error stacks whose text is all one gets (`NIOSSLError` has no
+  /// finer cases for them), so the text is what is matched.
+  package static func explainHandshakeFailure(_ error: any Error, host: String?) -> String? {
+    let text = String(describing: error)
+    let server = host.map { "the server at \($0)" } ?? "the server"
+    if text.contains("CERTIFICATE_VERIFY_FAILED") || text.contains("unableToValidateCertificate")
+      || text.contains("failedToValidateHostname")
+    {
+      return
+        "the TLS handshake failed: \(server) presented a certificate that was not trusted (it is not signed by a CA in the configured trust roots, or it does not name the host dialled). Configure the CA that signed the server's certificate as TLS trust roots (trustRoots = .certificates(.file(path: \"ca.pem\"))), and set serverHostname when the certificate names a host other than the one dialled. (\(text))"
+    }
+    if text.contains("CERTIFICATE_REQUIRED") || text.contains("PEER_DID_NOT_RETURN_A_CERTIFICATE") {
+      return
+        "the TLS handshake failed: \(server) requires a client certificate (mutual TLS) and none was presented. Configure a client certificate chain and private key (certificateChain and privateKey) signed by a CA the server trusts. (\(text))"
+    }
+    if text.contains("ALERT_BAD_CERTIFICATE") || text.contains("ALERT_UNKNOWN_CA")
+      || text.contains("ALERT_CERTIFICATE_UNKNOWN")
+    {
+      return
+        "the TLS handshake failed: \(server) rejected the client certificate (it does not trust the CA that signed it). Use a client certificate signed by a CA the server trusts. (\(text))"
+    }
+    if let sslError = error as? NIOSSLError, case .handshakeFailed = sslError {
+      return
+        "the TLS handshake with \(server) failed; check that it serves TLS and that both sides' certificates and trust roots match. (\(text))"
+    }
+    return nil
   }
 }

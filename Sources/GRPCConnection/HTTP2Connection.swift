@@ -338,9 +338,16 @@ public final class HTTP2Connection: ClientTransport, Sendable {
           await self.park()
         }
       } catch {
+        let reason =
+          self.config.tls == nil
+          ? nil
+          : TLS.explainHandshakeFailure(
+            error,
+            host: self.config.tls?.serverHostname ?? self.target.host
+          )
         let rpcError = RPCError(
           code: .unavailable,
-          message: "Could not connect to \(self.target): \(error).",
+          message: "Could not connect to \(self.target): \(reason ?? "\(error).")",
           cause: error
         )
         let (failed, update) = self.state.withLock { $0.connectFailed(rpcError) }

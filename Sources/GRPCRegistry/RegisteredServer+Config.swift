@@ -39,9 +39,13 @@ extension RegisteredServer {
     /// Whether the server serves `grpc.health.v1.Health` (SERVING once registered, NOT_SERVING
     /// while draining).
     public var servesHealth: Bool
+    /// TLS (the server's certificate and, for mutual TLS, the CAs clients' certificates must
+    /// chain to); `nil`, the default, serves plaintext HTTP/2.
+    public var tls: TLS?
 
     /// A configuration for `name` on 127.0.0.1 with a port the system picks, weight 1, no group,
-    /// a 5 s register timeout, a 1 s drain delay and the health service on; then `configure`.
+    /// a 5 s register timeout, a 1 s drain delay, the health service on and no TLS; then
+    /// `configure`.
     public init(name: String, _ configure: (inout Self) -> Void = { _ in }) {
       self.name = name
       self.host = "127.0.0.1"
@@ -55,6 +59,7 @@ extension RegisteredServer {
       self.deregisterTimeout = .seconds(5)
       self.drainDelay = .seconds(1)
       self.servesHealth = true
+      self.tls = nil
       configure(&self)
     }
   }

@@ -5,7 +5,7 @@ public import RegistryCore
 public import ServiceLifecycle
 import Synchronization
 
-/// A grpc-swift-2 server that registers itself in a ``ServiceRegistry`` once it listens, and
+/// A grpc-swift-2 server that registers itself in a `ServiceRegistry` once it listens, and
 /// deregisters and drains before it stops: a swift-service-lifecycle `Service`.
 ///
 /// ``run()`` binds (port 0 allowed), learns the bound address, registers
@@ -150,7 +150,7 @@ public final class RegisteredServer: Service, Sendable {
     let bindAddress = try self.bindAddress()
     let transport = HTTP2ServerTransport.Posix(
       address: bindAddress,
-      transportSecurity: .plaintext
+      transportSecurity: self.config.tls?.transportSecurity ?? .plaintext
     )
     let health = HealthService()
     var services = self.makeServices(self)
@@ -254,7 +254,7 @@ public final class RegisteredServer: Service, Sendable {
       throw GRPCRegistryError(
         code: .bindFailed,
         message:
-          "could not listen on \(self.config.host):\(self.config.port); check that the address is local and the port is free",
+          "could not listen on \(self.config.host):\(self.config.port); check that the address is local and the port is free\(self.config.tls == nil ? "" : ", and that the TLS certificate chain and private key are readable PEM files that belong together")",
         cause: cause
       )
     }

@@ -33,6 +33,25 @@ extension RegistryClientTransport {
     /// re-admissions (names in ``RegistryClientTransport``'s documentation). By default the
     /// global `MetricsSystem.factory`, read when the configuration is made.
     public var metricsFactory: any MetricsFactory
+    /// TLS towards every instance, whichever ``connection`` kind is used: the CAs that signed
+    /// the servers' certificates and, for mutual TLS, the client's certificate. `nil` (the
+    /// default) connects in plaintext, unless an ``InstanceConnectionKind/http2Connection(_:)``
+    /// configuration carries TLS of its own; when both are set, this one is used.
+    ///
+    /// Servers' certificates are verified against the address each instance registered (an IP
+    /// address SAN for an IP address); `HTTP2Connection.TLS.serverHostname`
+    /// overrides that name for the project's own connections, not for ``InstanceConnectionKind/posix``.
+    ///
+    /// ```swift
+    /// let config = RegistryClientTransport.Config.defaults {
+    ///   $0.tls = .defaults {
+    ///     $0.trustRoots = .certificates(.file(path: "ca.pem"))
+    ///     $0.certificateChain = .file(path: "client.pem")  // mutual TLS only
+    ///     $0.privateKey = .file(path: "client.key")
+    ///   }
+    /// }
+    /// ```
+    public var tls: HTTP2Connection.TLS?
 
     /// Creates a configuration.
     public init(
@@ -44,7 +63,8 @@ extension RegistryClientTransport {
       resolutionTimeout: Duration,
       registryBackoff: HTTP2Connection.Backoff,
       serviceConfig: ServiceConfig,
-      metricsFactory: any MetricsFactory = MetricsSystem.factory
+      metricsFactory: any MetricsFactory = MetricsSystem.factory,
+      tls: HTTP2Connection.TLS? = nil
     ) {
       self.loadBalancing = loadBalancing
       self.connection = connection
@@ -55,10 +75,12 @@ extension RegistryClientTransport {
       self.registryBackoff = registryBackoff
       self.serviceConfig = serviceConfig
       self.metricsFactory = metricsFactory
+      self.tls = tls
     }
 
-    /// Smooth weighted round robin over the project's own connections, health checking on,
-    /// outlier detection after 5 consecutive failures, up to 3 instances tried per call.
+    /// Smooth weighted round robin over the project's own connections in plaintext, health
+    /// checking on, outlier detection after 5 consecutive failures, up to 3 instances tried per
+    /// call.
     public static var defaults: Self {
       Self(
         loadBalancing: .weightedRoundRobin,
@@ -114,7 +136,7 @@ extension RegistryClientTransport {
     }
     let value: Value
 
-    /// The project's own ``GRPCConnection/HTTP2Connection`` (lean per call, tolerates grpc-go's
+    /// The project's own `HTTP2Connection` (lean per call, tolerates grpc-go's
     /// BDP pings), with `config`. The default.
     public static func http2Connection(
       _ config: HTTP2Connection.Config = Self.defaultConnectionConfig
@@ -122,7 +144,8 @@ extension RegistryClientTransport {
       Self(value: .http2Connection(config))
     }
 
-    /// grpc-swift's stock `HTTP2ClientTransport.Posix`, plaintext, with its defaults.
+    /// grpc-swift's stock `HTTP2ClientTransport.Posix` with its defaults; plaintext unless
+    /// ``Config/tls`` is set.
     public static var posix: Self { Self(value: .posix) }
 
     /// A 5 s connect timeout and fast reconnection (100 ms to 5 s): an instance that went away

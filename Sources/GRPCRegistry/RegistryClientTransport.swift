@@ -5,10 +5,10 @@ public import RegistryCore
 import Synchronization
 
 /// A grpc-swift-2 `ClientTransport` that balances calls over the live instances of a service in
-/// a ``ServiceRegistry``, by weight, and restricted to a group when the call asks for one.
+/// a `ServiceRegistry`, by weight, and restricted to a group when the call asks for one.
 ///
 /// It follows the registry's watch and keeps one connection per instance (the project's own
-/// ``GRPCConnection/HTTP2Connection`` by default). Each call picks an instance by smooth
+/// `HTTP2Connection` by default). Each call picks an instance by smooth
 /// weighted round robin (or power of two choices, see ``Config``) among the instances of its
 /// group: the group set by ``withRegistryGroup(_:isolation:_:)`` around the call, else the
 /// `ServiceContext`'s `registryGroup`, else the target's. A call whose stream cannot start on one instance is tried on another; an instance
@@ -475,6 +475,7 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
       let connection = try InstanceConnection.make(
         address: instance.address,
         kind: self.config.connection,
+        tls: self.config.tls,
         logger: logger
       )
       return Subchannel(

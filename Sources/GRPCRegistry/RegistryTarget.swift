@@ -1,7 +1,7 @@
 public import GRPCNIOTransportHTTP2
 import RegistryCore
 
-/// A `registry://` target: the instances of one service in a ``ServiceRegistry``, optionally
+/// A `registry://` target: the instances of one service in a `ServiceRegistry`, optionally
 /// restricted to one group.
 ///
 /// Use it with ``RegistryClientTransport`` (weighted, per-call groups) or, through

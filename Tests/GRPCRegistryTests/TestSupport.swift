@@ -31,7 +31,8 @@ final class TestServer: Sendable {
     registry: InMemoryRegistry,
     ttl: Duration? = nil,
     drainDelay: Duration = .milliseconds(100),
-    port: Int = 0
+    port: Int = 0,
+    tls: RegisteredServer.TLS? = nil
   ) async throws -> TestServer {
     let handle = InMemoryRegistry(sharing: registry)
     let leased = LeasedRegistry(base: handle, ttl: ttl)
@@ -40,6 +41,7 @@ final class TestServer: Sendable {
       $0.group = group
       $0.drainDelay = drainDelay
       $0.port = port
+      $0.tls = tls
     }
     let server = RegisteredServer(config: config, registry: leased, logger: testLogger()) {
       server in
