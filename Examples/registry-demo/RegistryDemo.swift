@@ -371,7 +371,10 @@ struct Story {
           )
           print("   a replacement starts: READY \(replacement.address)  weight 2  group A")
           servers.append(replacement)
-          try await self.waitUntil("the client uses the replacement") {
+          try await self.waitUntil(
+            "the client uses the replacement",
+            describe: { "\(transport.instanceStatuses)" }
+          ) {
             transport.instanceStatuses.contains {
               $0.instance.address == replacement.address && $0.isPreferred
             }
@@ -424,7 +427,7 @@ struct Story {
     await withDiscardingTaskGroup { callers in
       for _ in 0 ..< 4 {
         callers.addTask {
-          while !stop.isSet {
+          while !stop.isSet, !Task.isCancelled {
             await self.call(users, group: nil, tally: tally)
           }
         }
@@ -466,12 +469,16 @@ struct Story {
   private func waitUntil(
     _ what: String,
     within timeout: Duration = .seconds(10),
+    describe: () -> String = { "" },
     _ condition: () -> Bool
   ) async throws {
     let deadline = ContinuousClock.now + timeout
     while !condition() {
       guard ContinuousClock.now < deadline else {
-        throw ValidationError("the demo timed out after \(timeout) waiting until \(what)")
+        let state = describe()
+        throw ValidationError(
+          "the demo timed out after \(timeout) waiting until \(what)\(state.isEmpty ? "" : ": \(state)")"
+        )
       }
       try await Task.sleep(for: .milliseconds(5))
     }

@@ -83,6 +83,18 @@ public final class EtcdClient: Service, Sendable {
   /// ``beginGracefulShutdown()`` (or the task is cancelled).
   public func run() async throws {
     try await withGracefulShutdownHandler {
+      try await self.runUntilShutdown()
+    } onGracefulShutdown: {
+      self.beginGracefulShutdown()
+    }
+  }
+
+  /// Runs like ``run()`` but ignores swift-service-lifecycle's graceful shutdown: only
+  /// ``beginGracefulShutdown()`` (or cancellation of the task) ends it. For an owner that still
+  /// needs the client while it shuts down itself: the registry revokes its lease after the
+  /// service group's shutdown began, then shuts the client down.
+  package func runUntilShutdown() async throws {
+    try await withTaskCancellationHandler {
       try await withThrowingDiscardingTaskGroup { group in
         for endpoint in self.endpoints {
           group.addTask { try await endpoint.client.runConnections() }
@@ -97,7 +109,7 @@ public final class EtcdClient: Service, Sendable {
           for endpoint in self.endpoints { endpoint.client.beginGracefulShutdown() }
         }
       }
-    } onGracefulShutdown: {
+    } onCancel: {
       self.beginGracefulShutdown()
     }
   }

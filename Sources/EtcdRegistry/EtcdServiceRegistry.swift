@@ -70,6 +70,8 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
     var isShutDown = false
     var isRunning = false
     var shutdownStarted = false
+    /// run() was cancelled: stop without revoking the lease.
+    var abandoned = false
     /// Keys whose registration etcd has acknowledged: only these are restored when deleted.
     var confirmed: Set<String> = []
     var feeds: [String: ServiceFeed] = [:]
@@ -123,9 +125,22 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
       self.state.withLock { $0.isRunning = false }
       self.shutdownDone.fire()
     }
+    try await withTaskCancellationHandler {
+      try await self.runUntilShutdown()
+    } onCancel: {
+      // Cancelled: stop at once, as a crash would. The lease is not revoked; it expires after
+      // its TTL and takes the registrations with it.
+      self.state.withLock { $0.abandoned = true }
+      self.shutdownRequested.fire()
+    }
+  }
+
+  private func runUntilShutdown() async throws {
     try await withGracefulShutdownHandler {
       try await withThrowingDiscardingTaskGroup { group in
-        group.addTask { try await self.client.run() }
+        // Not client.run(): the client must outlive the service group's graceful shutdown
+        // long enough to revoke the lease; performShutdown() shuts it down afterwards.
+        group.addTask { try await self.client.runUntilShutdown() }
         group.addTask { await self.maintainLease() }
         group.addTask { await self.repairDeletedKeys() }
         group.addTask {
@@ -317,7 +332,7 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
       return !state.shutdownStarted
     }
     guard proceed else { return }
-    let (lease, feeds, wake) = self.state.withLock { state in
+    let (lease, feeds, wake, abandoned) = self.state.withLock { state in
       state.isShutDown = true
       state.confirmed = []
       state.registrations = [:]
@@ -325,12 +340,17 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
         state.feeds = [:]
         state.wake = nil
       }
-      return (state.lease, Array(state.feeds.values), state.wake)
+      return (state.lease, Array(state.feeds.values), state.wake, state.abandoned)
     }
     wake?.resume()
     self.feedLaunches.finish()
     for feed in feeds { feed.stop() }
-    if let lease {
+    if let lease, abandoned {
+      self.logger.info(
+        "run() cancelled; the registry lease is left to expire",
+        metadata: ["etcd.lease": "\(lease.id)"]
+      )
+    } else if let lease {
       do {
         try await withDeadline(self.configuration.shutdownTimeout) {
           try await self.client.revokeLease(lease.id, timeout: self.configuration.shutdownTimeout)

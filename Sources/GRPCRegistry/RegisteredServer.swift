@@ -197,7 +197,7 @@ public final class RegisteredServer: Service, Sendable {
         return
       }
       if serverEnded.isFired {
-        self.logger.info(
+        self.logger.warning(
           "Server stopped unexpectedly; deregistering",
           metadata: ["registry.address": "\(instance.address)"]
         )
@@ -223,7 +223,7 @@ public final class RegisteredServer: Service, Sendable {
           try await self.registry.deregister(service: instance.name, address: instance.address)
         }
       } catch {
-        self.logger.info(
+        self.logger.warning(
           "Deregistration failed; the registry's lease will remove the instance",
           metadata: ["registry.address": "\(instance.address)", "registry.error": "\(error)"]
         )

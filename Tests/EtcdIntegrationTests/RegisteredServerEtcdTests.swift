@@ -5,6 +5,7 @@ import GRPCCore
 import GRPCRegistry
 import RegistryCore
 import RegistryTesting
+import ServiceLifecycle
 import Synchronization
 import Testing
 import UserService
@@ -93,6 +94,74 @@ struct RegisteredServerEtcdTests {
       #expect(elapsed < .seconds(5))
       await running.stop()
     }
+  }
+}
+
+@Suite("EtcdServiceRegistry cancellation", .timeLimit(.minutes(2)))
+struct EtcdRegistryCancellationTests {
+  @Test("cancelling run() stops it at once, as a crash would: the lease is left to expire")
+  func cancelledRun() async throws {
+    let cluster = try await SharedEtcd.get()
+    let registry = try EtcdServiceRegistry(
+      configuration: .defaults {
+        $0.etcd = .testing(cluster)
+        $0.keyPrefix = uniquePrefix("cancel")
+        $0.leaseTTL = .seconds(2)
+      },
+      logger: testLogger("registry")
+    )
+    let task = Task { try await registry.run() }
+    let instance = ServiceInstance(name: "svc", address: "10.0.0.9:80")
+    try await registry.register(instance)
+    let watcher = try RunningRegistry(cluster, prefix: registry.configuration.keyPrefix)
+    #expect(try await watcher.registry.instances(of: "svc") == [instance])
+
+    let start = ContinuousClock.now
+    task.cancel()
+    _ = try? await task.value
+    #expect(ContinuousClock.now - start < .seconds(2), "run() ends promptly when cancelled")
+    // Not revoked: still there right after, gone once the 2 s lease expires.
+    #expect(try await watcher.registry.instances(of: "svc") == [instance])
+    try await waitUntil("the lease expires", within: .seconds(5)) {
+      try await watcher.registry.instances(of: "svc").isEmpty
+    }
+    await watcher.stop()
+  }
+}
+
+@Suite("EtcdServiceRegistry in a service group", .timeLimit(.minutes(2)))
+struct EtcdRegistryServiceGroupTests {
+  @Test("the group's graceful shutdown revokes the lease: the keys vanish at once, not at expiry")
+  func gracefulShutdownRevokes() async throws {
+    let cluster = try await SharedEtcd.get()
+    let prefix = uniquePrefix("group")
+    let registry = try EtcdServiceRegistry(
+      configuration: .defaults {
+        $0.etcd = .testing(cluster)
+        $0.keyPrefix = prefix
+        $0.leaseTTL = .seconds(30)
+      },
+      logger: testLogger("registry")
+    )
+    let group = ServiceGroup(
+      configuration: ServiceGroupConfiguration(
+        services: [.init(service: registry)],
+        logger: testLogger("group")
+      )
+    )
+    let watcher = try RunningRegistry(cluster, prefix: prefix)
+    try await withThrowingDiscardingTaskGroup { tasks in
+      tasks.addTask { try await group.run() }
+      let instance = ServiceInstance(name: "svc", address: "10.0.0.8:80")
+      try await registry.register(instance)
+      #expect(try await watcher.registry.instances(of: "svc") == [instance])
+      await group.triggerGracefulShutdown()
+    }
+    // With a 30 s lease only a revocation removes the key this soon.
+    try await waitUntil("the lease is revoked", within: .seconds(3)) {
+      try await watcher.registry.instances(of: "svc").isEmpty
+    }
+    await watcher.stop()
   }
 }
 
