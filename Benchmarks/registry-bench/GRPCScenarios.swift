@@ -208,6 +208,7 @@ enum GRPCScenarios {
         let registry = registries[0]
         let arrivals = Arrivals()
         let failures = Shared<[ContinuousClock.Instant]>([])
+        let errors = Shared<[String]>([])
         let transport = RegistryClientTransport(
           target: RegistryTarget(service: service),
           registry: registry,
@@ -230,6 +231,7 @@ enum GRPCScenarios {
                       arrivals.record("served:" + name)
                     } catch {
                       failures.withLock { $0.append(.now) }
+                      errors.withLock { if $0.count < 3 { $0.append("\(error)") } }
                     }
                     try? await Task.sleep(for: .milliseconds(1))
                   }
@@ -245,7 +247,9 @@ enum GRPCScenarios {
               )
             }
             stop.withLock { $0 = true }
-            return metrics
+            var result = metrics
+            for error in errors.withLock({ $0 }) { result.note("failed call: \(error)") }
+            return result
           }
         }
       }
@@ -364,6 +368,7 @@ enum GRPCScenarios {
         var metrics = Metrics()
         var rates: [CallMode: Double] = [:]
         for mode in context.ordered(CallMode.allCases) {
+          Report.progress("f: \(mode.rawValue)")
           let tally = try await Self.measure(
             mode,
             context: context,
@@ -458,8 +463,11 @@ enum GRPCScenarios {
   ) async throws -> CallTally {
     try await withGRPCClient(transport: transport) { client in
       let users = User_UserMesService.Client(wrapping: client)
-      _ = await Self.callConcurrently(users, callers: 16, total: 2_000, phase: context.phase())
-      return await Self.callConcurrently(users, callers: 16, total: 20_000, phase: context.phase())
+      let warm = await Self.callConcurrently(users, callers: 16, total: 2_000, phase: context.phase())
+      context.logger.debug("warm-up done", metadata: ["ok": "\(warm.ok)", "failed": "\(warm.failed)"])
+      let tally = await Self.callConcurrently(users, callers: 16, total: 20_000, phase: context.phase())
+      context.logger.debug("measured", metadata: ["ok": "\(tally.ok)", "failed": "\(tally.failed)"])
+      return tally
     }
   }
 
