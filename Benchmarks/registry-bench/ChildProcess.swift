@@ -31,7 +31,8 @@ final class ChildProcess: Sendable {
     var fds: [Int32] = [0, 0]
     guard pipe(&fds) == 0 else { throw BenchError("pipe failed: errno \(errno)") }
     let (readEnd, writeEnd) = (fds[0], fds[1])
-    let logPath = NSTemporaryDirectory() + "registry-bench-\(name)-\(UUID().uuidString.prefix(8)).log"
+    let logPath =
+      NSTemporaryDirectory() + "registry-bench-\(name)-\(UUID().uuidString.prefix(8)).log"
     let logFD = open(logPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
     defer { if logFD >= 0 { close(logFD) } }
 
@@ -46,6 +47,11 @@ final class ChildProcess: Sendable {
       posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
     }
     posix_spawn_file_actions_addclose(&actions, readEnd)
+    // Without this the child inherits every socket of this process (NIO does not open them
+    // close-on-exec): a user-server holding a copy of the benchmark's client connection to
+    // another user-server keeps that connection open after the benchmark closed it, and the
+    // other server's graceful shutdown then waits for it forever.
+    Self.closeInheritedDescriptors(&actions)
     let argv: [UnsafeMutablePointer<CChar>?] =
       ([executable] + arguments).map { strdup($0) } + [nil]
     let envp: [UnsafeMutablePointer<CChar>?] =
@@ -103,6 +109,26 @@ final class ChildProcess: Sendable {
       reaped.record("exit")
     }
     reaper.start()
+  }
+
+  private typealias AddCloseFrom =
+    @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>?, Int32) -> Int32
+
+  /// Closes every descriptor from 3 up in the child: glibc's
+  /// `posix_spawn_file_actions_addclosefrom_np` (2.34+, looked up at run time because Swift's
+  /// Glibc module does not declare it), else close-on-exec set on each open descriptor (racy
+  /// against other threads opening sockets, hence only the fallback).
+  private static func closeInheritedDescriptors(_ actions: inout posix_spawn_file_actions_t) {
+    if let symbol = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np") {
+      let addCloseFrom = unsafeBitCast(symbol, to: AddCloseFrom.self)
+      if addCloseFrom(&actions, 3) == 0 { return }
+    }
+    let names = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
+    for name in names {
+      guard let fd = Int32(name), fd > 2 else { continue }
+      let flags = fcntl(fd, F_GETFD)
+      if flags >= 0 { _ = fcntl(fd, F_SETFD, flags | FD_CLOEXEC) }
+    }
   }
 
   /// The stdout lines so far.

@@ -20,7 +20,8 @@ import Darwin
 enum GRPCScenarios {
   static let crashToGone = Scenario(
     name: "c",
-    summary: "a user-server (TTL 5 s) is SIGKILLed under calls: time until discovery and the client drop it"
+    summary:
+      "a user-server (TTL 5 s) is SIGKILLed under calls: time until discovery and the client drop it"
   ) { context in
     try await GRPCScenarios.crash(context)
   }
@@ -203,8 +204,8 @@ enum GRPCScenarios {
       ttl: 5,
       drain: 0.2
     ) { _ in
-      try await withRegistries(1, configuration: context.registry(prefix: prefix), logger: logger)
-      { registries in
+      try await withRegistries(1, configuration: context.registry(prefix: prefix), logger: logger) {
+        registries in
         let registry = registries[0]
         let arrivals = Arrivals()
         let failures = Shared<[ContinuousClock.Instant]>([])
@@ -357,8 +358,8 @@ enum GRPCScenarios {
       prefix: prefix,
       service: service
     ) { servers in
-      try await withRegistries(1, configuration: context.registry(prefix: prefix), logger: logger)
-      { registries in
+      try await withRegistries(1, configuration: context.registry(prefix: prefix), logger: logger) {
+        registries in
         let registry = registries[0]
         let listed = try await registry.instances(of: service)
         guard listed.count == 3 else {
@@ -463,10 +464,26 @@ enum GRPCScenarios {
   ) async throws -> CallTally {
     try await withGRPCClient(transport: transport) { client in
       let users = User_UserMesService.Client(wrapping: client)
-      let warm = await Self.callConcurrently(users, callers: 16, total: 2_000, phase: context.phase())
-      context.logger.debug("warm-up done", metadata: ["ok": "\(warm.ok)", "failed": "\(warm.failed)"])
-      let tally = await Self.callConcurrently(users, callers: 16, total: 20_000, phase: context.phase())
-      context.logger.debug("measured", metadata: ["ok": "\(tally.ok)", "failed": "\(tally.failed)"])
+      let warm = await Self.callConcurrently(
+        users,
+        callers: 16,
+        total: 2_000,
+        phase: context.phase()
+      )
+      context.logger.debug(
+        "warm-up done",
+        metadata: ["ok": "\(warm.ok)", "failed": "\(warm.failed)"]
+      )
+      let tally = await Self.callConcurrently(
+        users,
+        callers: 16,
+        total: 20_000,
+        phase: context.phase()
+      )
+      context.logger.debug(
+        "measured",
+        metadata: ["ok": "\(tally.ok)", "failed": "\(tally.failed)"]
+      )
       return tally
     }
   }
@@ -545,8 +562,11 @@ enum GRPCScenarios {
       throw BenchError("cannot find this executable (no /proc/self/exe) to run the mem helpers")
     }
     let keyspace = try RegistryKeyspace(prefix: prefix)
-    try await withRegistries(1, configuration: context.registry(prefix: prefix), logger: context.logger)
-    { registries in
+    try await withRegistries(
+      1,
+      configuration: context.registry(prefix: prefix),
+      logger: context.logger
+    ) { registries in
       try await populate(
         registries[0].client,
         keyspace: keyspace,
@@ -593,97 +613,128 @@ enum GRPCScenarios {
   static func soak(_ context: BenchContext) async throws -> Metrics {
     let prefix = context.prefix("soak")
     let service = "bench-soak"
-    let logger = context.logger
-    let endpoint = context.endpoint
-    let duration = Duration.seconds(60 * context.soakMinutes)
     return try await UserServers.with(
       20,
-      endpoint: endpoint,
+      endpoint: context.endpoint,
       prefix: prefix,
       service: service
     ) { initial in
       let slots = Shared(initial.map { Optional($0.child) })
       let stats = Shared(SoakStats())
-      defer {
-        // Whatever is running now is stopped here; the initial ones are stopped by `with`.
-        let running = slots.withLock { $0.compactMap { $0 } }
-        for child in running where !initial.contains(where: { $0.child === child }) {
-          child.signal(SIGKILL)
+      let outcome: Swift.Result<Metrics, any Error>
+      do {
+        outcome = .success(
+          try await Self.soakClient(
+            context,
+            service: service,
+            slots: slots,
+            stats: stats
+          )
+        )
+      } catch {
+        outcome = .failure(error)
+      }
+      // The servers started by restarts are stopped here (SIGTERM), the initial ones by `with`.
+      let restarted = slots.withLock { $0.compactMap { $0 } }.filter { child in
+        !initial.contains { $0.child === child }
+      }
+      let unclean = Shared(0)
+      await withTaskGroup(of: Void.self) { group in
+        for child in restarted {
+          group.addTask {
+            await child.stop()
+            if child.exitedCleanly { child.removeLog() } else { unclean.withLock { $0 += 1 } }
+          }
         }
       }
-      return try await withRegistries(
-        1,
-        configuration: context.registry(prefix: prefix),
+      var metrics = try outcome.get()
+      metrics.set("unclean_exits_at_end", unclean.withLock { $0 })
+      return metrics
+    }
+  }
+
+  private static func soakClient(
+    _ context: BenchContext,
+    service: String,
+    slots: Shared<[ChildProcess?]>,
+    stats: Shared<SoakStats>
+  ) async throws -> Metrics {
+    let prefix = context.prefix("soak")
+    let logger = context.logger
+    let endpoint = context.endpoint
+    let duration = Duration.seconds(60 * context.soakMinutes)
+    return try await withRegistries(
+      1,
+      configuration: context.registry(prefix: prefix),
+      logger: logger
+    ) { registries in
+      let registry = registries[0]
+      let transport = RegistryClientTransport(
+        target: RegistryTarget(service: service),
+        registry: registry,
         logger: logger
-      ) { registries in
-        let registry = registries[0]
-        let transport = RegistryClientTransport(
-          target: RegistryTarget(service: service),
-          registry: registry,
-          logger: logger
-        )
-        return try await withGRPCClient(transport: transport) { client in
-          let users = User_UserMesService.Client(wrapping: client)
-          _ = await Self.callConcurrently(users, callers: 8, total: 2_000, phase: context.phase())
-          let rssStart = residentMemory()
-          let deadline = ContinuousClock.now + duration
-          let calls = await withTaskGroup(of: CallTally.self) { group in
-            for _ in 0 ..< 8 {
-              group.addTask {
-                // Bounded by time and by count (20 million calls per caller).
-                await Self.callConcurrently(
-                  users,
-                  callers: 1,
-                  total: 20_000_000,
-                  phase: Phase(deadline: deadline),
-                  keepLatencies: false
-                )
-              }
-            }
+      )
+      return try await withGRPCClient(transport: transport) { client in
+        let users = User_UserMesService.Client(wrapping: client)
+        _ = await Self.callConcurrently(users, callers: 8, total: 2_000, phase: context.phase())
+        let rssStart = residentMemory()
+        let deadline = ContinuousClock.now + duration
+        let calls = await withTaskGroup(of: CallTally.self) { group in
+          for _ in 0 ..< 8 {
             group.addTask {
-              await Self.restartAtRandom(
-                slots: slots,
-                stats: stats,
-                until: deadline,
-                endpoint: endpoint,
-                prefix: prefix,
-                service: service
+              // Bounded by time and by count (20 million calls per caller).
+              await Self.callConcurrently(
+                users,
+                callers: 1,
+                total: 20_000_000,
+                phase: Phase(deadline: deadline),
+                keepLatencies: false
               )
-              return CallTally()
             }
-            group.addTask {
-              await Self.checkConvergence(
-                transport: transport,
-                registry: registry,
-                service: service,
-                stats: stats,
-                until: deadline
-              )
-              return CallTally()
-            }
-            var all = CallTally()
-            for await part in group { all.merge(part) }
-            return all
           }
-          let rssEnd = residentMemory()
-          var metrics = Metrics()
-          let summary = stats.withLock { $0 }
-          metrics.set("minutes", context.soakMinutes)
-          metrics.set("calls", calls.ok + calls.failed)
-          metrics.set("failed_calls", calls.failed)
-          metrics.rate("calls", count: calls.ok + calls.failed, elapsed: duration)
-          metrics.set("servers_answering", calls.servers.count)
-          metrics.set("restarts", summary.restarts)
-          metrics.set("restart_failures", summary.restartFailures)
-          metrics.set("unclean_exits", summary.uncleanExits)
-          metrics.set("convergence_checks", summary.checks)
-          metrics.set("convergence_checks_passed", summary.checksPassed)
-          if let rssStart { metrics.set("client_rss_start_mb", Double(rssStart) / 1_048_576) }
-          if let rssEnd { metrics.set("client_rss_end_mb", Double(rssEnd) / 1_048_576) }
-          for error in calls.errors { metrics.note("call failed: \(error)") }
-          for problem in summary.problems.prefix(10) { metrics.note(problem) }
-          return metrics
+          group.addTask {
+            await Self.restartAtRandom(
+              slots: slots,
+              stats: stats,
+              until: deadline,
+              endpoint: endpoint,
+              prefix: prefix,
+              service: service
+            )
+            return CallTally()
+          }
+          group.addTask {
+            await Self.checkConvergence(
+              transport: transport,
+              registry: registry,
+              service: service,
+              stats: stats,
+              until: deadline
+            )
+            return CallTally()
+          }
+          var all = CallTally()
+          for await part in group { all.merge(part) }
+          return all
         }
+        let rssEnd = residentMemory()
+        var metrics = Metrics()
+        let summary = stats.withLock { $0 }
+        metrics.set("minutes", context.soakMinutes)
+        metrics.set("calls", calls.ok + calls.failed)
+        metrics.set("failed_calls", calls.failed)
+        metrics.rate("calls", count: calls.ok + calls.failed, elapsed: duration)
+        metrics.set("servers_answering", calls.servers.count)
+        metrics.set("restarts", summary.restarts)
+        metrics.set("restart_failures", summary.restartFailures)
+        metrics.set("unclean_exits", summary.uncleanExits)
+        metrics.set("convergence_checks", summary.checks)
+        metrics.set("convergence_checks_passed", summary.checksPassed)
+        if let rssStart { metrics.set("client_rss_start_mb", Double(rssStart) / 1_048_576) }
+        if let rssEnd { metrics.set("client_rss_end_mb", Double(rssEnd) / 1_048_576) }
+        for error in calls.errors { metrics.note("call failed: \(error)") }
+        for problem in summary.problems.prefix(10) { metrics.note(problem) }
+        return metrics
       }
     }
   }
