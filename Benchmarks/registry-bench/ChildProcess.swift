@@ -245,13 +245,14 @@ enum UserServers {
     service: String,
     ttl: Int = 10,
     drain: Double = 1.0,
+    group: String = "",
     name: String
   ) async throws -> (ChildProcess, String) {
     let child = try ChildProcess(
       executable: try Self.executable(),
       arguments: [
         "--etcd", endpoint, "--listen", "127.0.0.1:0", "--ttl", "\(ttl)", "--prefix", prefix,
-        "--name", service, "--drain", "\(drain)",
+        "--name", service, "--drain", "\(drain)", "--group", group,
       ],
       name: name
     )
@@ -273,6 +274,7 @@ enum UserServers {
     service: String,
     ttl: Int = 10,
     drain: Double = 1.0,
+    groups: [String] = [],
     _ body: ([(child: ChildProcess, address: String)]) async throws -> Result
   ) async throws -> Result {
     var servers: [(child: ChildProcess, address: String)] = []
@@ -286,6 +288,7 @@ enum UserServers {
             service: service,
             ttl: ttl,
             drain: drain,
+            group: index < groups.count ? groups[index] : "",
             name: "\(service)-\(index)"
           )
         )

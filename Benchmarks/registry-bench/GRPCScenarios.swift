@@ -336,6 +336,8 @@ enum GRPCScenarios {
   enum CallMode: String, CaseIterable {
     /// RegistryClientTransport with its default per-instance connection (HTTP2Connection).
     case balanced
+    /// The same, restricted by group to the one server the direct modes call.
+    case balancedOne = "balanced_one"
     /// RegistryClientTransport over grpc-swift's HTTP2ClientTransport.Posix per instance.
     case balancedPosix = "balanced_posix"
     /// HTTP2ClientTransport.Posix with RegistryNameResolverFactory, round robin.
@@ -356,7 +358,8 @@ enum GRPCScenarios {
       3,
       endpoint: context.endpoint,
       prefix: prefix,
-      service: service
+      service: service,
+      groups: ["one"]
     ) { servers in
       try await withRegistries(1, configuration: context.registry(prefix: prefix), logger: logger) {
         registries in
@@ -394,6 +397,7 @@ enum GRPCScenarios {
           }
         }
         ratio(.balanced, .direct)
+        ratio(.balancedOne, .direct)
         ratio(.balancedPosix, .directPosix)
         ratio(.resolver, .directPosix)
         ratio(.directPosix, .direct)
@@ -415,6 +419,15 @@ enum GRPCScenarios {
     case .balanced:
       return try await Self.measure(
         RegistryClientTransport(target: target, registry: registry, logger: logger),
+        context: context
+      )
+    case .balancedOne:
+      return try await Self.measure(
+        RegistryClientTransport(
+          target: RegistryTarget(service: service, group: "one"),
+          registry: registry,
+          logger: logger
+        ),
         context: context
       )
     case .balancedPosix:
