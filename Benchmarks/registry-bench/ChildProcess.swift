@@ -256,10 +256,10 @@ enum UserServers {
       ],
       name: name
     )
-    guard let address = await child.waitForLine(prefix: "READY ", timeout: .seconds(20)) else {
+    guard let address = await child.waitForLine(prefix: "READY ", timeout: .seconds(60)) else {
       await child.stop(grace: .seconds(2))
       throw BenchError(
-        "user-server \(name) printed no READY line within 20 s; its stderr ends with:\n\(child.logTail())"
+        "user-server \(name) printed no READY line within 60 s; its stderr ends with:\n\(child.logTail())"
       )
     }
     return (child, address)
