@@ -17,6 +17,8 @@ struct BenchContext: Sendable {
   var checkPerf: Bool
   /// The most one measured phase may take; loops stop early (and say so) when it runs out.
   var phaseLimit: Duration
+  /// How long the soak scenario runs.
+  var soakMinutes: Int = 2
 
   /// The key prefix of one scenario in this run.
   func prefix(_ scenario: String) -> String { "\(self.namespace)/\(scenario)-r\(self.run)" }

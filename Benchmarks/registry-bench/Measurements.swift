@@ -41,6 +41,12 @@ struct Metrics: Sendable {
   mutating func note(_ text: String) {
     self.notes.append(text)
   }
+
+  /// Adds `other`'s numbers and notes (its values win for keys both have).
+  mutating func merge(_ other: Metrics) {
+    for entry in other.entries { self.set(entry.key, entry.value) }
+    self.notes += other.notes
+  }
 }
 
 /// Percentiles of a set of latencies, in milliseconds (nearest rank).

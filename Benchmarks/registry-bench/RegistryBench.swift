@@ -11,7 +11,8 @@ struct RegistryBench: AsyncParsableCommand {
     abstract: "Benchmarks the etcd client and the etcd registry; JSON lines on stdout.",
     discussion: """
       Scenarios: \(Scenario.all.map { "\($0.name) (\($0.summary))" }.joined(separator: "; ")).
-      Not yet available (they need the gRPC layer): \(Scenario.planned.joined(separator: ", ")).
+      Only with --only: \(Scenario.optIn.map { "\($0.name) (\($0.summary))" }.joined(separator: "; ")).
+      c, f and soak start the example user-server found next to this executable.
       Each run of each scenario prints one JSON object per line, and each scenario a final
       "run":"median" line; a table goes to stderr. See BENCHMARKS.md for what each one times.
       """
@@ -38,6 +39,15 @@ struct RegistryBench: AsyncParsableCommand {
   @Option(help: "Log level of the libraries' logs on stderr.")
   var logLevel: String = "warning"
 
+  @Option(help: "How long the soak scenario runs, in minutes (1 to 60).")
+  var minutes: Int = 2
+
+  @Option(help: .hidden)
+  var memChild: String?
+
+  @Option(help: .hidden)
+  var memPrefix: String?
+
   func validate() throws {
     guard self.runs >= 1, self.runs <= 100 else {
       throw ValidationError("--runs must be between 1 and 100")
@@ -46,12 +56,13 @@ struct RegistryBench: AsyncParsableCommand {
     guard Logger.Level(rawValue: self.logLevel) != nil else {
       throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error")
     }
-    for name in self.selectedNames where !Scenario.all.contains(where: { $0.name == name }) {
-      if Scenario.planned.contains(name) {
-        throw ValidationError("scenario '\(name)' needs the gRPC layer and is not available yet")
-      }
+    guard (1 ... 60).contains(self.minutes) else {
+      throw ValidationError("--minutes must be between 1 and 60")
+    }
+    let known = Scenario.all + Scenario.optIn
+    for name in self.selectedNames where !known.contains(where: { $0.name == name }) {
       throw ValidationError(
-        "unknown scenario '\(name)'; choose from \(Scenario.all.map(\.name).joined(separator: ","))"
+        "unknown scenario '\(name)'; choose from \(known.map(\.name).joined(separator: ","))"
       )
     }
   }
@@ -70,8 +81,18 @@ struct RegistryBench: AsyncParsableCommand {
       return handler
     }
     let logger = Logger(label: "registry-bench")
+    if let role = self.memChild {
+      // A helper process of scenario mem, started by registry-bench itself.
+      try await MemoryChild.run(
+        role: role,
+        endpoint: self.etcd ?? "127.0.0.1:2379",
+        prefix: self.memPrefix ?? "/registry-bench/mem",
+        logger: logger
+      )
+      return
+    }
     let names = self.selectedNames
-    let scenarios = Scenario.all.filter { names.contains($0.name) }
+    let scenarios = (Scenario.all + Scenario.optIn).filter { names.contains($0.name) }
 
     var cluster: EtcdCluster?
     let endpoint: String
@@ -86,6 +107,7 @@ struct RegistryBench: AsyncParsableCommand {
     do {
       try await self.benchmark(scenarios, endpoint: endpoint, logger: logger)
     } catch {
+      ChildProcess.killAll()
       await cluster?.shutdown()
       throw error
     }
@@ -112,7 +134,8 @@ struct RegistryBench: AsyncParsableCommand {
           namespace: namespace,
           logger: logger,
           checkPerf: self.checkPerf,
-          phaseLimit: .seconds(self.phaseSeconds)
+          phaseLimit: .seconds(self.phaseSeconds),
+          soakMinutes: self.minutes
         )
         Report.progress("run \(run)/\(self.runs): \(scenario.name) (\(scenario.summary))")
         let loadBefore = LoadAverage.current()

@@ -7,9 +7,11 @@ import RegistryCore
 enum RegistryScenarios {
   static let registerToVisible = Scenario(
     name: "a",
-    summary: "register in one registry until another registry's watch has it"
+    summary: "register in one registry until another registry's watch has it, and a call is served"
   ) { context in
-    try await RegistryScenarios.visibility(context, scenario: "a", timeRegister: true)
+    var metrics = try await RegistryScenarios.visibility(context, scenario: "a", timeRegister: true)
+    metrics.merge(try await GRPCScenarios.registerToServed(context))
+    return metrics
   }
 
   static let deregisterToGone = Scenario(

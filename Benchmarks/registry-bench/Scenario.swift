@@ -1,8 +1,8 @@
 /// One benchmark scenario: a name for `--only`, what it measures, and how.
 ///
 /// A scenario run gets a ``BenchContext`` and returns its numbers; the runner repeats it, prints
-/// JSON lines and medians, and deletes the keys it wrote. To add a scenario (the gRPC ones of
-/// issue 7: c, f, mem, soak), write a `Scenario` value and list it in ``all``.
+/// JSON lines and medians, and deletes the keys it wrote. To add a scenario, write a `Scenario`
+/// value and list it in ``all`` (or in ``optIn`` when it should only run when asked for).
 struct Scenario: Sendable {
   var name: String
   var summary: String
@@ -18,7 +18,7 @@ struct Scenario: Sendable {
     self.body = body
   }
 
-  /// Every scenario, in the order they run.
+  /// The scenarios of a default run, in the order they run.
   static let all: [Scenario] = [
     FloorScenario.scenario,
     RegistryScenarios.registerToVisible,
@@ -26,8 +26,11 @@ struct Scenario: Sendable {
     RegistryScenarios.instancesAtScale,
     RegistryScenarios.registrationRate,
     RegistryScenarios.fanOut,
+    GRPCScenarios.crashToGone,
+    GRPCScenarios.callRate,
+    GRPCScenarios.memory,
   ]
 
-  /// Scenarios of issue 7 that need the gRPC layer and are not written yet.
-  static let planned = ["c", "f", "mem", "soak"]
+  /// Scenarios that run only when `--only` names them (soak runs for `--minutes`).
+  static let optIn: [Scenario] = [GRPCScenarios.soak]
 }
