@@ -180,7 +180,11 @@ let package = Package(
         "Etcd",
         "EtcdRegistry",
         "EtcdHarness",
+        "GRPCConnection",
+        "UserService",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
         .product(name: "Logging", package: "swift-log"),
       ],
       path: "Benchmarks/registry-bench",
@@ -229,6 +233,24 @@ let package = Package(
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        .product(name: "Logging", package: "swift-log"),
+      ],
+      swiftSettings: strictSettings
+    ),
+    // Our connection and the balanced transport against a grpc-go server (built from Debian's
+    // Go packages by the tests themselves, from GoInterop/), compared with the stock transport.
+    .testTarget(
+      name: "GoInteropTests",
+      dependencies: [
+        "GRPCConnection",
+        "GRPCRegistry",
+        "RegistryCore",
+        "RegistryTesting",
+        "UserService",
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+        .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+        .product(name: "SwiftProtobuf", package: "swift-protobuf"),
         .product(name: "Logging", package: "swift-log"),
       ],
       swiftSettings: strictSettings

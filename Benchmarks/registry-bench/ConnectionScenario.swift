@@ -1,0 +1,4 @@
+import GRPCConnection
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import UserService
