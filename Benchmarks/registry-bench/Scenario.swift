@@ -26,6 +26,7 @@ struct Scenario: Sendable {
     RegistryScenarios.instancesAtScale,
     RegistryScenarios.registrationRate,
     RegistryScenarios.fanOut,
+    ConnectionScenario.scenario,
   ]
 
   /// Scenarios of issue 7 that need the gRPC layer and are not written yet.
