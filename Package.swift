@@ -257,6 +257,24 @@ let package = Package(
       ],
       swiftSettings: strictSettings
     ),
+    // Our connection and the balanced transport against a grpc-go server (built from Debian's
+    // Go packages by the tests themselves, from GoInterop/), compared with the stock transport.
+    .testTarget(
+      name: "GoInteropTests",
+      dependencies: [
+        "GRPCConnection",
+        "GRPCRegistry",
+        "RegistryCore",
+        "RegistryTesting",
+        "UserService",
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+        .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+        .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+        .product(name: "Logging", package: "swift-log"),
+      ],
+      swiftSettings: strictSettings
+    ),
     // Everything that needs a real etcd process lives here.
     .testTarget(
       name: "EtcdIntegrationTests",

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates the Swift code for the .proto files under Protos/.
+# Regenerates the Swift code for the .proto files under Protos/, and the Go code of the grpc-go
+# interop server (GoInterop/, with Debian's protoc-gen-go from golang-goprotobuf-dev).
 #
 # Builds the two protoc plugins (protoc-gen-swift from swift-protobuf and protoc-gen-grpc-swift-2
 # from grpc-swift-protobuf, at pinned versions) into .build-plugins/ when they are missing, then
@@ -98,5 +99,22 @@ generate etcd/etcd.proto Sources/Etcd/Generated Internal true false
 generate health/health.proto Sources/GRPCRegistry/Generated Internal true true
 # The example service is shared by the example server and client executables.
 generate user/user.proto Examples/UserService/Generated Public true true
+
+# The grpc-go interop server (GoInterop/src/grpcinterop, GOPATH mode): Go packages
+# grpcinterop/user and grpcinterop/interop, with the grpc plugin of protoc-gen-go 1.3.
+generate_go() {
+  local proto="$1"
+  command -v protoc-gen-go >/dev/null 2>&1 || {
+    log "protoc-gen-go not found; install it (Debian: apt-get install golang-goprotobuf-dev)"
+    exit 1
+  }
+  log "${proto} -> GoInterop/src/grpcinterop"
+  "${protoc}" \
+    --proto_path="${root}/Protos" \
+    --go_out="plugins=grpc,paths=source_relative,Muser/user.proto=grpcinterop/user,Minterop/interop.proto=grpcinterop/interop:${root}/GoInterop/src/grpcinterop" \
+    "${root}/Protos/${proto}"
+}
+generate_go user/user.proto
+generate_go interop/interop.proto
 
 log "done"

@@ -74,6 +74,8 @@ struct RegistryBench: AsyncParsableCommand {
   }
 
   func run() async throws {
+    // `conn` re-runs this executable as its Swift server.
+    if try await ConnectionScenario.serveIfAsked() { return }
     let level = Logger.Level(rawValue: self.logLevel) ?? .warning
     LoggingSystem.bootstrap { label in
       var handler = StreamLogHandler.standardError(label: label)

@@ -29,6 +29,7 @@ struct Scenario: Sendable {
     GRPCScenarios.crashToGone,
     GRPCScenarios.callRate,
     GRPCScenarios.memory,
+    ConnectionScenario.scenario,
   ]
 
   /// Scenarios that run only when `--only` names them (soak runs for `--minutes`).

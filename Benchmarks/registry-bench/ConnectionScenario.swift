@@ -1,0 +1,336 @@
+import Foundation
+import GRPCConnection
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import Logging
+import Synchronization
+import UserService
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `conn`: GetById calls per second, p50/p99 and client CPU-seconds per 10,000 calls at
+/// concurrency 1, 16 and 64, for our `HTTP2Connection`, the stock `HTTP2ClientTransport.Posix`
+/// and a grpc-go client, against a grpc-swift server and a grpc-go server, both child processes
+/// (so this process's `getrusage` delta is the Swift client's CPU alone; the Go client reports
+/// its own).
+///
+/// The grpc-go side is `GoInterop/` built with Debian's Go packages (see its README); the Swift
+/// server is this executable re-run with `REGISTRY_BENCH_SERVE_SWIFT=1`.
+enum ConnectionScenario {
+  /// Calls per cell (a server, a client, a concurrency); `REGISTRY_BENCH_CONN_CALLS` overrides.
+  static var callsPerCell: Int {
+    ProcessInfo.processInfo.environment["REGISTRY_BENCH_CONN_CALLS"].flatMap(Int.init) ?? 10_000
+  }
+
+  static let concurrencies = [1, 16, 64]
+
+  static let scenario = Scenario(
+    name: "conn",
+    summary: "GetById calls/s, p50/p99, CPU per 10k calls: HTTP2Connection vs stock vs grpc-go"
+  ) { context in
+    try await run(context)
+  }
+
+  /// When this process was started as the Swift server of `conn`, serves until stdin closes and
+  /// returns true.
+  static func serveIfAsked() async throws -> Bool {
+    guard ProcessInfo.processInfo.environment["REGISTRY_BENCH_SERVE_SWIFT"] == "1" else {
+      return false
+    }
+    let name = NameBox()
+    let server = GRPCServer(
+      transport: HTTP2ServerTransport.Posix(
+        address: .ipv4(host: "127.0.0.1", port: 0),
+        transportSecurity: .plaintext
+      ),
+      services: [UserDirectory(name: { name.value })]
+    )
+    try await withThrowingDiscardingTaskGroup { group in
+      group.addTask { try await server.serve() }
+      guard let address = try await server.listeningAddress?.ipv4 else {
+        throw BenchError("the Swift server is not listening on IPv4")
+      }
+      name.value = "\(address.host):\(address.port)"
+      FileHandle.standardOutput.write(Data("LISTENING \(name.value)\n".utf8))
+      // The parent holds stdin open; its end (even by a crash) ends the server.
+      _ = await Task.detached { FileHandle.standardInput.readDataToEndOfFile() }.value
+      server.beginGracefulShutdown()
+    }
+    return true
+  }
+
+  private static func run(_ context: BenchContext) async throws -> Metrics {
+    var metrics = Metrics()
+    let goBinary = try await buildGo()
+    let swiftServer = try await Child.start(
+      CommandLine.arguments[0],
+      [],
+      environment: ["REGISTRY_BENCH_SERVE_SWIFT": "1"]
+    )
+    defer { swiftServer.stop() }
+    let goServer = try await Child.start(goBinary, ["serve", "-addr", "127.0.0.1:0"])
+    defer { goServer.stop() }
+    let servers = [("swift", swiftServer.address), ("go", goServer.address)]
+    let calls = Self.callsPerCell
+    for (serverName, address) in servers {
+      for concurrency in Self.concurrencies {
+        for client in context.ordered(["ours", "stock", "go"]) {
+          let key = "\(serverName)_\(client)_c\(concurrency)"
+          Report.progress(
+            "conn: \(calls) calls, \(client) client -> \(serverName) server, c=\(concurrency)"
+          )
+          let cell: Cell
+          switch client {
+          case "go":
+            cell = try await goClient(goBinary, address, calls: calls, concurrency: concurrency)
+          default:
+            cell = try await swiftClient(
+              stock: client == "stock",
+              address,
+              calls: calls,
+              concurrency: concurrency,
+              phase: context.phase()
+            )
+          }
+          metrics.set("\(key)_per_s", cell.callsPerSecond)
+          metrics.set("\(key)_p50_ms", cell.p50)
+          metrics.set("\(key)_p99_ms", cell.p99)
+          metrics.set("\(key)_cpu_s_per_10k", cell.cpuSeconds * 10_000 / Double(max(cell.calls, 1)))
+          metrics.set("\(key)_failed", cell.failed)
+          if cell.failed > 0 {
+            metrics.note("\(key): \(cell.failed) of \(cell.calls) calls failed")
+          }
+        }
+      }
+    }
+    return metrics
+  }
+
+  struct Cell {
+    var calls: Int
+    var failed: Int
+    var callsPerSecond: Double
+    var p50: Double
+    var p99: Double
+    var cpuSeconds: Double
+  }
+
+  private static func swiftClient(
+    stock: Bool,
+    _ address: String,
+    calls: Int,
+    concurrency: Int,
+    phase: Phase
+  ) async throws -> Cell {
+    guard let colon = address.lastIndex(of: ":"),
+      let port = Int(address[address.index(after: colon)...])
+    else { throw BenchError("not host:port: \(address)") }
+    let host = String(address[..<colon])
+    if stock {
+      let transport = try HTTP2ClientTransport.Posix(
+        target: .ipv4(address: host, port: port),
+        transportSecurity: .plaintext
+      )
+      return try await withGRPCClient(transport: transport) {
+        try await measure(User_UserMesService.Client(wrapping: $0), calls, concurrency, phase)
+      }
+    } else {
+      var logger = Logger(label: "registry-bench.conn")
+      logger.logLevel = .critical
+      let transport = HTTP2Connection(target: .ipv4(host: host, port: port), logger: logger)
+      return try await withGRPCClient(transport: transport) {
+        try await measure(User_UserMesService.Client(wrapping: $0), calls, concurrency, phase)
+      }
+    }
+  }
+
+  private static func measure<Transport: ClientTransport>(
+    _ users: User_UserMesService.Client<Transport>,
+    _ calls: Int,
+    _ concurrency: Int,
+    _ phase: Phase
+  ) async throws -> Cell {
+    let request = User_GetByIdReq.with { $0.id = 1 }
+    _ = try await users.getById(request)  // connected before measuring
+    let next = Counter()
+    let cpuStart = processCPUSeconds()
+    let start = ContinuousClock.now
+    let (latencies, failed) = await withTaskGroup(of: ([Duration], Int).self) { group in
+      for _ in 0 ..< concurrency {
+        group.addTask {
+          var samples: [Duration] = []
+          var failed = 0
+          while next.next() < calls, phase.isOpen {
+            let callStart = ContinuousClock.now
+            do {
+              _ = try await users.getById(request)
+            } catch {
+              failed += 1
+            }
+            samples.append(ContinuousClock.now - callStart)
+          }
+          return (samples, failed)
+        }
+      }
+      var all: [Duration] = []
+      var failures = 0
+      for await (samples, failed) in group {
+        all += samples
+        failures += failed
+      }
+      return (all, failures)
+    }
+    let elapsed = ContinuousClock.now - start
+    let cpu = processCPUSeconds() - cpuStart
+    let summary = LatencySummary(latencies)
+    return Cell(
+      calls: latencies.count,
+      failed: failed,
+      callsPerSecond: Double(latencies.count) / elapsed.seconds,
+      p50: summary.p50,
+      p99: summary.p99,
+      cpuSeconds: cpu
+    )
+  }
+
+  private static func goClient(
+    _ binary: String,
+    _ address: String,
+    calls: Int,
+    concurrency: Int
+  ) async throws -> Cell {
+    let output = try await Child.run(
+      binary,
+      ["bench", "-target", address, "-calls", "\(calls)", "-concurrency", "\(concurrency)"]
+    )
+    struct Report: Decodable {
+      var calls: Int
+      var failures: Int
+      var calls_per_s: Double
+      var p50_ms: Double
+      var p99_ms: Double
+      var cpu_s: Double
+    }
+    let report = try JSONDecoder().decode(Report.self, from: Data(output.utf8))
+    return Cell(
+      calls: report.calls,
+      failed: report.failures,
+      callsPerSecond: report.calls_per_s,
+      p50: report.p50_ms,
+      p99: report.p99_ms,
+      cpuSeconds: report.cpu_s
+    )
+  }
+
+  private static func processCPUSeconds() -> Double {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    let user = Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6
+    let system = Double(usage.ru_stime.tv_sec) + Double(usage.ru_stime.tv_usec) / 1e6
+    return user + system
+  }
+
+  /// Builds `go-interop` from `GoInterop/` (GOPATH mode, Debian's Go packages).
+  private static func buildGo() async throws -> String {
+    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+      .deletingLastPathComponent().deletingLastPathComponent()
+    let directory = FileManager.default.temporaryDirectory
+      .appendingPathComponent("registry-bench-go-\(UUID().uuidString.prefix(8))")
+    try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    let binary = directory.appendingPathComponent("go-interop").path
+    Report.progress("conn: building the grpc-go client and server (go build, GOPATH mode)")
+    _ = try await Child.run(
+      "/usr/bin/env",
+      ["go", "build", "-o", binary, "grpcinterop/cmd/go-interop"],
+      environment: [
+        "GO111MODULE": "off",
+        "GOPATH": "\(root.path)/GoInterop:/usr/share/gocode",
+      ]
+    )
+    return binary
+  }
+}
+
+/// A child process of the `conn` scenario.
+final class Child: Sendable {
+  private let process: Process
+  private let input: Pipe
+  let address: String
+
+  private init(process: Process, input: Pipe, address: String) {
+    self.process = process
+    self.input = input
+    self.address = address
+  }
+
+  /// Starts a server that prints `LISTENING host:port` and serves until its stdin closes.
+  static func start(
+    _ executable: String,
+    _ arguments: [String],
+    environment: [String: String] = [:]
+  ) async throws -> Child {
+    let process = Process()
+    let input = Pipe()
+    let output = Pipe()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+    process.standardInput = input
+    process.standardOutput = output
+    try process.run()
+    let line = await Task.detached { () -> String in
+      var text = ""
+      while !text.contains("\n") {
+        let data = output.fileHandleForReading.availableData
+        if data.isEmpty { break }
+        text += String(decoding: data, as: UTF8.self)
+      }
+      return text
+    }.value
+    guard line.hasPrefix("LISTENING "), let first = line.split(separator: "\n").first else {
+      process.terminate()
+      throw BenchError("\(executable) did not start: \(line)")
+    }
+    return Child(process: process, input: input, address: String(first.dropFirst(10)))
+  }
+
+  /// Runs a command to its end and returns its stdout; throws when it fails.
+  static func run(
+    _ executable: String,
+    _ arguments: [String],
+    environment: [String: String] = [:]
+  ) async throws -> String {
+    let process = Process()
+    let output = Pipe()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+    process.standardOutput = output
+    process.standardInput = FileHandle.nullDevice
+    try process.run()
+    let text = await Task.detached {
+      String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    }.value
+    process.waitUntilExit()
+    guard process.terminationStatus == 0 else {
+      throw BenchError("\(executable) \(arguments.joined(separator: " ")) failed: \(text)")
+    }
+    return text
+  }
+
+  func stop() {
+    try? self.input.fileHandleForWriting.close()
+    self.process.waitUntilExit()
+  }
+}
+
+/// A server's name, known once it listens.
+final class NameBox: Sendable {
+  private let state = Mutex("")
+  var value: String {
+    get { self.state.withLock { $0 } }
+    set { self.state.withLock { $0 = newValue } }
+  }
+}
