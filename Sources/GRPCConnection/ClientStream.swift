@@ -342,25 +342,36 @@ final class ClientStream: Sendable {
 
   /// Appends a response part (or hands it to a parked reader).
   func deliver(_ part: Part, final: Bool = false, transportClosed: Bool = false) {
-    let reader = self.state.withLock { state -> UnsafeContinuation<Part?, any Error>? in
+    typealias Continuations = (
+      reader: UnsafeContinuation<Part?, any Error>?, writer: UnsafeContinuation<Void, any Error>?
+    )
+    let (reader, writer) = self.state.withLock { state -> Continuations in
+      var writer: UnsafeContinuation<Void, any Error>?
       if transportClosed {
+        // The server ended the RPC (a status while the request was still being sent, say for
+        // a message over its limit): the rest of the request is dropped and a writer waiting
+        // for flow control goes on, so the caller reads that status rather than a cancellation.
         state.transportClosed = true
+        state.outbound.removeAll()
+        writer = state.writer
+        state.writer = nil
       }
-      guard state.inboundEnd == nil else { return nil }
+      guard state.inboundEnd == nil else { return (nil, writer) }
       if final {
         state.inboundEnd = .finished
       }
       if let reader = state.reader {
         // A parked reader means the buffer is empty: hand the part over directly.
         state.reader = nil
-        return reader
+        return (reader, writer)
       }
       state.inbound.append(part)
       if case .message(let bytes) = part {
         state.inboundBytes += bytes.count
       }
-      return nil
+      return (nil, writer)
     }
+    writer?.resume()
     reader?.resume(returning: part)
   }
 
