@@ -65,6 +65,7 @@ extension EtcdServiceRegistry {
       }
       state.lease = nil
       state.leaseGeneration += 1
+      state.restoreNeeded = true
       defer { state.wake = nil }
       return (true, state.wake)
     }
@@ -157,10 +158,16 @@ extension EtcdServiceRegistry {
         for key in registrations.keys {
           try await self.write(key, lease: lease)
         }
-        let settled = self.state.withLock { state in
-          guard state.leaseGeneration == generation else { return false }
+        let (settled, restored) = self.state.withLock { state in
+          guard state.leaseGeneration == generation else { return (false, false) }
           state.confirmed.formUnion(registrations.keys.filter { state.registrations[$0] != nil })
-          return true
+          defer { state.restoreNeeded = false }
+          return (true, state.restoreNeeded)
+        }
+        if settled, !restored {
+          // No lease was lost: this pass raced a first register() for the first lease and wrote
+          // the same keys again. Nothing to count or to warn about.
+          return
         }
         if settled {
           self.metrics.reRegistrations.increment()

@@ -72,6 +72,9 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
     var shutdownStarted = false
     /// run() was cancelled: stop without revoking the lease.
     var abandoned = false
+    /// A lease was lost since the registrations were last all written: the next recovery
+    /// restores them (and counts a re-registration).
+    var restoreNeeded = false
     /// Keys whose registration etcd has acknowledged: only these are restored when deleted.
     var confirmed: Set<String> = []
     var feeds: [String: ServiceFeed] = [:]
