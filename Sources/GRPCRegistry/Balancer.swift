@@ -52,6 +52,11 @@ struct Balancer {
   private(set) var entries: [UInt64: Entry] = [:]
   /// The registered instances: address to the id of its live entry.
   private(set) var active: [String: UInt64] = [:]
+  /// The ids in `active`, ascending: the order the picker visits them in (kept so that a pick
+  /// neither iterates a dictionary nor sorts).
+  private var order: [UInt64] = []
+  /// The candidates of the pick in progress; kept to reuse its storage.
+  private var scratch: [UInt64] = []
   private(set) var hasSnapshot = false
   private(set) var shuttingDown = false
   private(set) var generation: UInt64 = 0
@@ -84,6 +89,11 @@ struct Balancer {
     var ejected: [String] = []
     /// Ejected instances that a success on probation re-admitted.
     var readmitted: [String] = []
+  }
+
+  /// Call after `active` changed.
+  private mutating func activeChanged() {
+    self.order = self.active.values.sorted()
   }
 
   private mutating func changed(_ effects: inout Effects) {
@@ -134,6 +144,7 @@ struct Balancer {
       self.entries[id]?.removed = true
       self.closeIfDrained(id, &effects)
     }
+    self.activeChanged()
     self.changed(&effects)
     return effects
   }
@@ -152,6 +163,7 @@ struct Balancer {
       self.active[entry.instance.address] == id
     {
       self.active[entry.instance.address] = nil
+      self.activeChanged()
     }
     self.changed(&effects)
     return effects
@@ -162,6 +174,7 @@ struct Balancer {
     guard !self.shuttingDown else { return effects }
     self.shuttingDown = true
     self.active.removeAll()
+    self.activeChanged()
     for id in self.entries.keys {
       self.entries[id]?.removed = true
       self.closeIfDrained(id, &effects)
@@ -213,49 +226,60 @@ struct Balancer {
         )
       )
     }
-    var inGroup: [UInt64] = []
-    for id in self.active.values {
-      guard let entry = self.entries[id] else { continue }
-      if let group, entry.instance.group != group { continue }
-      inGroup.append(id)
+    // One pass over the instances in id order: the best tier seen so far collects the
+    // candidates. Tiers, best first: confirmed healthy and connected; usable but not confirmed;
+    // failing connections; ejected instances only when nothing else is left.
+    var inGroup = 0
+    var bestTier = Int.max
+    var candidates: [UInt64] = []
+    swap(&candidates, &self.scratch)
+    candidates.removeAll(keepingCapacity: true)
+    defer {
+      candidates.removeAll(keepingCapacity: true)
+      swap(&candidates, &self.scratch)
     }
-    if inGroup.isEmpty {
+    for id in self.order {
+      // In place through the index: no copy of the entry, one hash lookup.
+      guard let index = self.entries.index(forKey: id) else { continue }
+      if let group, self.entries.values[index].instance.group != group { continue }
+      inGroup += 1
+      // An ejection that ran out puts the instance on probation.
+      if let until = self.entries.values[index].ejectedUntil, until <= now {
+        self.entries.values[index].ejectedUntil = nil
+        self.entries.values[index].onProbation = true
+      }
+      let health = self.entries.values[index].health
+      if health.excludes || excluded.contains(id) { continue }
+      let connectivity = self.entries.values[index].connectivity
+      let tier: Int
+      if self.entries.values[index].isEjected {
+        tier = 3
+      } else if connectivity == .transientFailure || connectivity == .shutdown {
+        tier = 2
+      } else if connectivity == .ready && health.confirmed {
+        tier = 0
+      } else {
+        tier = 1
+      }
+      if tier < bestTier {
+        bestTier = tier
+        candidates.removeAll(keepingCapacity: true)
+      }
+      if tier == bestTier { candidates.append(id) }
+    }
+    if inGroup == 0 {
       return .unavailable(self.noInstancesError(group: group))
     }
-    // Ejections that ran out put the instance on probation.
-    for id in inGroup {
-      if let until = self.entries[id]?.ejectedUntil, until <= now {
-        self.entries[id]?.ejectedUntil = nil
-        self.entries[id]?.onProbation = true
-      }
-    }
-    let eligible = inGroup.filter { id in
-      !excluded.contains(id) && !(self.entries[id]?.health.excludes ?? true)
-    }
-    if eligible.isEmpty {
+    if candidates.isEmpty {
       let description = group.map { "in group '\($0)' " } ?? ""
       return .unavailable(
         RPCError(
           code: .unavailable,
           message:
-            "No instance of service '\(self.service)' \(description)can take the call: \(inGroup.count) registered, none healthy\(excluded.isEmpty ? "" : " or untried")."
+            "No instance of service '\(self.service)' \(description)can take the call: \(inGroup) registered, none healthy\(excluded.isEmpty ? "" : " or untried")."
         )
       )
     }
-    // Best tier first: confirmed healthy and connected; then usable but not confirmed; then
-    // failing connections; ejected instances only when nothing else is left.
-    let tiers: [(Entry) -> Bool] = [
-      { !$0.isEjected && $0.connectivity == .ready && $0.health.confirmed },
-      { !$0.isEjected && $0.connectivity != .transientFailure && $0.connectivity != .shutdown },
-      { !$0.isEjected },
-      { _ in true },
-    ]
-    var candidates: [UInt64] = []
-    for tier in tiers {
-      candidates = eligible.filter { self.entries[$0].map(tier) ?? false }
-      if !candidates.isEmpty { break }
-    }
-    candidates.sort()
     let chosen: UInt64
     switch self.policy.value {
     case .weightedRoundRobin:

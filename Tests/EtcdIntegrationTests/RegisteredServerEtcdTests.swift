@@ -276,13 +276,22 @@ struct CrashedAndHungServerTests {
       )
       print("SIGSTOP: stopped routing after \(stopped)")
       #expect(stopped < .seconds(1))
-      // The calls already sent to it wait for their deadline; no new one goes there.
+      // The calls already sent to it wait for their deadline; no new one goes there. No call
+      // is picked for it any more, so the calls outstanding now are exactly the stuck ones.
+      let stuck =
+        transport.instanceStatuses.first { $0.instance.address == servers[1].address }?
+        .outstandingCalls ?? 0
       try await waitUntil("the calls stuck on the hung server end", within: .seconds(3)) {
         transport.instanceStatuses.first { $0.instance.address == servers[1].address }?
           .outstandingCalls == 0
       }
+      // A caller counts its failure just after the transport has let go of the call.
+      try await waitUntil("the callers have counted the stuck calls", within: .seconds(2)) {
+        stats.failures - failedAfterKill >= stuck
+      }
       let failedByHang = stats.failures - failedAfterKill
       print("SIGSTOP: \(failedByHang) calls in flight on the hung server hit their deadline")
+      #expect(failedByHang == stuck, "only the calls in flight on the hung server fail")
       #expect(failedByHang <= 8, "only calls in flight on the hung server may fail")
       let servedBefore = stats.ok[servers[2].address] ?? 0
       var maxOutstanding = 0
