@@ -57,9 +57,11 @@ struct GoInteropTests {
         let start = ContinuousClock.now
         let result = await outcome { _ = try await calls.slow(10_000, options) }
         #expect(result == "deadlineExceeded")
-        // Measured: against grpc-go every transport waits for the server's answer (~10 s here);
-        // against grpc-swift it ends at the deadline. Only the bound of the slow call holds.
-        #expect(ContinuousClock.now - start < .seconds(30))
+        // It ends at the deadline (0.2 s measured, every client and server), not when the
+        // server would have answered (10 s); the bound leaves room for a slow machine. (The
+        // Swift server's handler must end on the RPC's cancellation handle, see
+        // `InteropTestService`; it once slept on, and the server's shutdown waited ~10 s for it.)
+        #expect(ContinuousClock.now - start < .seconds(5))
         // The connection is still good after it.
         let value6 = try await calls.getById(1)
         #expect(value6 == address)

@@ -146,13 +146,15 @@ final class GoProcess: Sendable {
     return found ?? ""
   }
 
-  /// Closes the child's stdin and waits (bounded) for it to exit; kills it if it does not.
+  /// Closes the child's stdin (its exit path if this process dies) and stops it with SIGTERM (a
+  /// server stops at once); waits (bounded) for it to exit and kills it if it does not.
   func stop() async {
     try? self.input.fileHandleForWriting.close()
+    if self.process.isRunning { self.process.terminate() }
     do {
       try await waitUntil("go-interop exits", within: .seconds(5)) { !self.process.isRunning }
     } catch {
-      self.process.terminate()
+      kill(self.process.processIdentifier, SIGKILL)
     }
   }
 }

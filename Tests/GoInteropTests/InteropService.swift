@@ -28,7 +28,15 @@ struct InteropTestService: RegistrableRPCService {
       serializer: ProtobufSerializer<User_GetByIDResp>()
     ) { request, _ in
       let message = try await request.messages.first { _ in true } ?? User_GetByIdReq()
-      try await Task.sleep(for: .milliseconds(message.id))
+      // grpc-swift ends a call whose deadline passed or that the client reset by cancelling the
+      // RPC's cancellation handle, not the handler's task: a plain `Task.sleep` would run on for
+      // its whole time (and hold up the server's graceful shutdown), unlike the Go handler.
+      let sleep = Task { try await Task.sleep(for: .milliseconds(message.id)) }
+      try await withRPCCancellationHandler {
+        try await sleep.value
+      } onCancelRPC: {
+        sleep.cancel()
+      }
       return StreamingServerResponse(
         single: ServerResponse(message: Self.response(message.id, name()))
       )
