@@ -342,6 +342,8 @@ enum GRPCScenarios {
     case balancedPosix = "balanced_posix"
     /// HTTP2ClientTransport.Posix with RegistryNameResolverFactory, round robin.
     case resolver
+    /// The same, restricted by the target's group to the one server the direct modes call.
+    case resolverOne = "resolver_one"
     /// One HTTP2Connection to one server.
     case direct
     /// One HTTP2ClientTransport.Posix to one server.
@@ -400,6 +402,7 @@ enum GRPCScenarios {
         ratio(.balancedOne, .direct)
         ratio(.balancedPosix, .directPosix)
         ratio(.resolver, .directPosix)
+        ratio(.resolverOne, .directPosix)
         ratio(.directPosix, .direct)
         return metrics
       }
@@ -440,12 +443,12 @@ enum GRPCScenarios {
         ),
         context: context
       )
-    case .resolver:
+    case .resolver, .resolverOne:
       var resolvers = NameResolverRegistry.defaults
       resolvers.registerFactory(RegistryNameResolverFactory(registry: registry))
       return try await Self.measure(
         try HTTP2ClientTransport.Posix(
-          target: target,
+          target: mode == .resolver ? target : RegistryTarget(service: service, group: "one"),
           transportSecurity: .plaintext,
           resolverRegistry: resolvers
         ),
