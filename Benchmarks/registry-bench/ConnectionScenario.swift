@@ -19,6 +19,14 @@ import Glibc
 /// The grpc-go side is `GoInterop/` built with Debian's Go packages (see its README); the Swift
 /// server is this executable re-run with `REGISTRY_BENCH_SERVE_SWIFT=1`.
 enum ConnectionScenario {
+  /// The cells to run (`go_ours_c1,swift_stock_c64`, …) from `REGISTRY_BENCH_CONN_ONLY`, for
+  /// profiling one client under `perf`; all of them when it is not set.
+  static var onlyCells: Set<String>? {
+    ProcessInfo.processInfo.environment["REGISTRY_BENCH_CONN_ONLY"].map {
+      Set($0.split(separator: ",").map { String($0) })
+    }
+  }
+
   /// Calls per cell (a server, a client, a concurrency); `REGISTRY_BENCH_CONN_CALLS` overrides.
   static var callsPerCell: Int {
     ProcessInfo.processInfo.environment["REGISTRY_BENCH_CONN_CALLS"].flatMap(Int.init) ?? 10_000
@@ -78,6 +86,7 @@ enum ConnectionScenario {
       for concurrency in Self.concurrencies {
         for client in context.ordered(["ours", "stock", "go"]) {
           let key = "\(serverName)_\(client)_c\(concurrency)"
+          if let only = Self.onlyCells, !only.contains(key) { continue }
           Report.progress(
             "conn: \(calls) calls, \(client) client -> \(serverName) server, c=\(concurrency)"
           )

@@ -348,6 +348,9 @@ enum GRPCScenarios {
     case direct
     /// One HTTP2ClientTransport.Posix to one server.
     case directPosix = "direct_posix"
+    /// The same with grpc-swift's round robin instead of its default pick-first: the policy the
+    /// resolver modes use, without the registry.
+    case directPosixRoundRobin = "direct_posix_rr"
   }
 
   /// 3 user-servers; per mode 2,000 warm-up calls, then 20,000 calls from 16 concurrent
@@ -403,6 +406,8 @@ enum GRPCScenarios {
         ratio(.balancedPosix, .directPosix)
         ratio(.resolver, .directPosix)
         ratio(.resolverOne, .directPosix)
+        ratio(.resolverOne, .directPosixRoundRobin)
+        ratio(.directPosixRoundRobin, .directPosix)
         ratio(.directPosix, .direct)
         return metrics
       }
@@ -468,6 +473,15 @@ enum GRPCScenarios {
         try HTTP2ClientTransport.Posix(
           target: .ipv4(address: direct.host, port: direct.port),
           transportSecurity: .plaintext
+        ),
+        context: context
+      )
+    case .directPosixRoundRobin:
+      return try await Self.measure(
+        try HTTP2ClientTransport.Posix(
+          target: .ipv4(address: direct.host, port: direct.port),
+          transportSecurity: .plaintext,
+          serviceConfig: ServiceConfig(loadBalancingConfig: [.roundRobin])
         ),
         context: context
       )

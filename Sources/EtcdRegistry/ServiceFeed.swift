@@ -14,6 +14,9 @@ final class ServiceFeed: Sendable {
   let metrics: WatchMetrics
   private let state = Mutex(State())
   private let stopSignal = ShutdownSignal()
+  /// Events are queued under `state`'s lock and yielded after it: a subscriber's
+  /// `onTermination` takes that lock (see `EventDelivery` for the deadlock this avoids).
+  private let delivery = EventDelivery<RegistryEvent>()
 
   private struct State {
     var snapshot: RegistrySnapshot?
@@ -37,9 +40,12 @@ final class ServiceFeed: Sendable {
       state.nextID += 1
       if state.stopped { return (state.nextID, true) }
       state.subscribers[state.nextID] = continuation
-      if let snapshot = state.snapshot { continuation.yield(.snapshot(snapshot)) }
+      if let snapshot = state.snapshot {
+        self.delivery.enqueue(.snapshot(snapshot), to: [continuation])
+      }
       return (state.nextID, false)
     }
+    self.delivery.drain()
     if stopped { continuation.finish() }
     return id
   }
@@ -131,16 +137,17 @@ final class ServiceFeed: Sendable {
   /// Publishes a fresh listing: the first set as a snapshot, later ones as the difference.
   private func publish(listing: RegistrySnapshot) {
     defer { self.metrics.instances.record(listing.instances.count) }
+    defer { self.delivery.drain() }
     self.state.withLock { state in
+      let subscribers = Array(state.subscribers.values)
       guard let previous = state.snapshot else {
         state.snapshot = listing
-        for subscriber in state.subscribers.values { subscriber.yield(.snapshot(listing)) }
+        self.delivery.enqueue(.snapshot(listing), to: subscribers)
         return
       }
-      // Yielding under the lock keeps every subscriber's events in order; yield never runs
-      // consumer code synchronously.
+      // Queued under the lock: every subscriber gets the events in order.
       for event in previous.changes(to: listing) {
-        for subscriber in state.subscribers.values { subscriber.yield(event) }
+        self.delivery.enqueue(event, to: subscribers)
       }
       state.snapshot = listing
     }
@@ -163,8 +170,10 @@ final class ServiceFeed: Sendable {
           return (address, nil, event.kv.modRevision)
         }
       }
+    defer { self.delivery.drain() }
     let count = self.state.withLock { state -> Int? in
       guard var snapshot = state.snapshot else { return nil }
+      let subscribers = Array(state.subscribers.values)
       for change in changes {
         let current = snapshot.instances.first { $0.address == change.address }
         let event: RegistryEvent?
@@ -178,7 +187,7 @@ final class ServiceFeed: Sendable {
         snapshot.revision = max(snapshot.revision, change.revision)
         guard let event else { continue }
         snapshot = snapshot.applying(event)
-        for subscriber in state.subscribers.values { subscriber.yield(event) }
+        self.delivery.enqueue(event, to: subscribers)
       }
       snapshot.revision = max(snapshot.revision, batch.header.revision)
       state.snapshot = snapshot

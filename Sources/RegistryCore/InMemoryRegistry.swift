@@ -118,6 +118,8 @@ extension InMemoryRegistry {
   }
 
   private struct State {
+    /// Events are queued here under the lock and yielded after it (see ``EventDelivery``).
+    let delivery: EventDelivery<RegistryEvent>
     var revision: Int64 = 0
     var services: [String: [String: Entry]] = [:]
     var watchers: [String: [UInt64: Watcher]] = [:]
@@ -140,12 +142,12 @@ extension InMemoryRegistry {
       return RegistrySnapshot(service: service, instances: instances, revision: self.revision)
     }
 
-    /// Yields inside the lock on purpose: yielding never runs consumer code or `onTermination`
-    /// synchronously, and doing it here keeps every watcher's events in revision order even when
-    /// several tasks mutate at once.
+    /// Queues `event` for the service's watchers. Queued under the lock, so every watcher gets
+    /// events in revision order even when several tasks mutate at once; yielded by
+    /// ``Store/withState(_:)`` once the lock is released.
     func publish(_ service: String, _ event: RegistryEvent) {
       guard let watchers = self.watchers[service] else { return }
-      for watcher in watchers.values { watcher.continuation.yield(event) }
+      self.delivery.enqueue(event, to: watchers.values.map(\.continuation))
     }
 
     mutating func remove(_ service: String, _ address: String) -> Entry? {
@@ -159,7 +161,20 @@ extension InMemoryRegistry {
   }
 
   private final class Store: Sendable {
-    private let state = Mutex(State())
+    private let delivery = EventDelivery<RegistryEvent>()
+    private let state: Mutex<State>
+
+    init() {
+      self.state = Mutex(State(delivery: self.delivery))
+    }
+
+    /// Runs `body` under the lock, then yields the events it queued.
+    private func withState<Result, Failure: Error>(
+      _ body: (inout State) throws(Failure) -> Result
+    ) throws(Failure) -> Result {
+      defer { self.delivery.drain() }
+      return try self.state.withLock { state throws(Failure) in try body(&state) }
+    }
 
     func newOwner() -> UInt64 {
       self.state.withLock { $0.newID() }
@@ -175,7 +190,7 @@ extension InMemoryRegistry {
       -> Change
     {
       let now = ContinuousClock.now
-      let (change, startReaper) = try self.state.withLock { state throws(RegistryError) in
+      let (change, startReaper) = try self.withState { state throws(RegistryError) in
         try state.checkOpen(owner, "register")
         let previous = state.services[instance.name]?[instance.address]
         let entry = Entry(
@@ -226,7 +241,7 @@ extension InMemoryRegistry {
     }
 
     func delete(service: String, address: String, owner: UInt64) throws(RegistryError) {
-      try self.state.withLock { state throws(RegistryError) in
+      try self.withState { state throws(RegistryError) in
         try state.checkOpen(owner, "deregister")
         _ = state.remove(service, address)
       }
@@ -244,7 +259,7 @@ extension InMemoryRegistry {
       owner: UInt64,
       continuation: AsyncThrowingStream<RegistryEvent, any Error>.Continuation
     ) throws(RegistryError) -> UInt64 {
-      try self.state.withLock { state throws(RegistryError) in
+      try self.withState { state throws(RegistryError) in
         try state.checkOpen(owner, "watch")
         let id = state.newID()
         state.watchers[service, default: [:]][id] = Watcher(
@@ -252,8 +267,8 @@ extension InMemoryRegistry {
           continuation: continuation
         )
         // The snapshot is taken under the same lock as the registration: no change can fall
-        // between them.
-        continuation.yield(.snapshot(state.snapshot(service)))
+        // between them, and it is queued ahead of every later change.
+        state.delivery.enqueue(.snapshot(state.snapshot(service)), to: [continuation])
         return id
       }
     }
@@ -267,7 +282,7 @@ extension InMemoryRegistry {
 
     /// Removes the owner's registrations and ends its watches; returns how many were removed.
     func shutdown(owner: UInt64) -> Int {
-      let (removed, finished) = self.state.withLock { state in
+      let (removed, finished) = self.withState { state in
         guard state.shutDownOwners.insert(owner).inserted else {
           return (0, [AsyncThrowingStream<RegistryEvent, any Error>.Continuation]())
         }
@@ -294,7 +309,7 @@ extension InMemoryRegistry {
 
     /// Removes expired entries; returns whether any entry still has a deadline.
     func expire(now: ContinuousClock.Instant) -> Bool {
-      self.state.withLock { state in
+      self.withState { state in
         var expired: [(String, String)] = []
         for (service, entries) in state.services {
           for (address, entry) in entries {

@@ -253,3 +253,51 @@ struct EtcdRegistryTests {
     }
   }
 }
+
+@Suite("EtcdServiceRegistry: watchers cancelled while events arrive", .timeLimit(.minutes(3)))
+struct EtcdRegistryWatchCancellationTests {
+  @Test("500 watches cancelled at random moments during constant changes: no deadlock")
+  func cancelDuringEvents() async throws {
+    let cluster = try await SharedEtcd.get()
+    let prefix = uniquePrefix("churn")
+    let watching = try RunningRegistry(cluster, prefix: prefix)
+    let writing = try RunningRegistry(cluster, prefix: prefix)
+    // A watcher for the whole test keeps the service's shared etcd watch alive, so the churning
+    // watchers join a feed that is delivering events.
+    let steady = WatchRecorder(watching.registry.watch("churn"))
+    try await steady.waitUntil("the first snapshot arrives") { !$0.isEmpty }
+    let producer = Task {
+      var weight = 1
+      while !Task.isCancelled {
+        weight = weight % 9 + 1
+        try await writing.registry.register(
+          ServiceInstance(name: "churn", address: "127.0.0.1:9200", weight: weight)
+        )
+      }
+    }
+    let churn = WatchCancellationChurn(registry: watching.registry, service: "churn", count: 500)
+    do {
+      try await waitUntil(
+        "500 watch cycles end (done: \(churn.completedCycles))",
+        within: .seconds(60)
+      ) { churn.completedCycles == 500 }
+    } catch {
+      churn.stop()
+      producer.cancel()
+      throw error
+    }
+    producer.cancel()
+    _ = try? await producer.value
+    // The feed still delivers: the steady watcher sees a new instance.
+    try await writing.registry.register(ServiceInstance(name: "churn", address: "127.0.0.1:9201"))
+    try await steady.waitUntil("the new instance is seen") { events in
+      events.contains { event in
+        if case .added(let added, _) = event { return added.address == "127.0.0.1:9201" }
+        return false
+      }
+    }
+    steady.cancel()
+    await writing.stop()
+    await watching.stop()
+  }
+}

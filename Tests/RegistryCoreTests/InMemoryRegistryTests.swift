@@ -1,5 +1,7 @@
+import Foundation
 import RegistryCore
 import RegistryTesting
+import Synchronization
 import Testing
 
 @Suite("InMemoryRegistry")
@@ -90,4 +92,53 @@ struct InMemoryRegistryTests {
     }
     #expect(one.instances.map(\.address) == ["127.0.0.1:9001"])
   }
+}
+
+@Suite("InMemoryRegistry: watchers cancelled while events arrive")
+struct InMemoryRegistryWatchCancellationTests {
+  @Test("2,000 watches cancelled at random moments during constant changes: no deadlock")
+  func cancelDuringEvents() async throws {
+    let registry = InMemoryRegistry()
+    let instance = ServiceInstance(name: "churn", address: "127.0.0.1:9100")
+    try registry.register(instance, ttl: nil)
+    // The changes come from a thread of their own (the synchronous `register(_:ttl:)`), so a
+    // deadlock cannot take the concurrency pool down with it and hang the test.
+    let producing = Flag()
+    let producer = Thread {
+      var weight = 1
+      while producing.isSet {
+        weight = weight % 9 + 1
+        var changed = instance
+        changed.weight = weight
+        try? registry.register(changed, ttl: nil)
+      }
+    }
+    producer.start()
+    defer { producing.clear() }
+    let churn = WatchCancellationChurn(registry: registry, service: "churn", count: 2_000)
+    defer { churn.stop() }
+    try await waitUntil(
+      "2,000 watch cycles end (done: \(churn.completedCycles))",
+      within: .seconds(60)
+    ) { churn.completedCycles == 2_000 }
+    // The registry still delivers: a new watcher sees a new instance.
+    producing.clear()
+    let recorder = WatchRecorder(registry.watch("churn"))
+    defer { recorder.cancel() }
+    try await recorder.waitUntil("the first snapshot arrives") { !$0.isEmpty }
+    try registry.register(ServiceInstance(name: "churn", address: "127.0.0.1:9101"), ttl: nil)
+    try await recorder.waitUntil("the new instance is seen") { events in
+      events.contains { event in
+        if case .added(let added, _) = event { return added.address == "127.0.0.1:9101" }
+        return false
+      }
+    }
+  }
+}
+
+/// A flag shared with a thread.
+private final class Flag: Sendable {
+  private let value = Atomic<Bool>(true)
+  var isSet: Bool { self.value.load(ordering: .relaxed) }
+  func clear() { self.value.store(false, ordering: .relaxed) }
 }
