@@ -233,7 +233,8 @@ enum ConnectionScenario {
     )
   }
 
-  private static func processCPUSeconds() -> Double {
+  /// CPU seconds (user + system) this process has used so far.
+  static func processCPUSeconds() -> Double {
     var usage = rusage()
     getrusage(RUSAGE_SELF.rawValue, &usage)
     let user = Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6

@@ -376,6 +376,7 @@ enum GRPCScenarios {
         let direct = try ServiceAddress(parsing: servers[0].address)
         var metrics = Metrics()
         var rates: [CallMode: Double] = [:]
+        var cpu: [CallMode: Double] = [:]
         for mode in context.ordered(CallMode.allCases) {
           Report.progress("f: \(mode.rawValue)")
           let tally = try await Self.measure(
@@ -388,6 +389,10 @@ enum GRPCScenarios {
           let rate = Double(tally.ok) / max(tally.elapsed.seconds, 1e-9)
           rates[mode] = rate
           metrics.set("calls_\(mode.rawValue)_per_s", rate)
+          let calls = max(tally.ok + tally.failed, 1)
+          let cpuPer10k = tally.cpuSeconds * 10_000 / Double(calls)
+          cpu[mode] = cpuPer10k
+          metrics.set("cpu_\(mode.rawValue)_s_per_10k", cpuPer10k)
           metrics.latency("call_\(mode.rawValue)", tally.latencies)
           metrics.set("failed_\(mode.rawValue)", tally.failed)
           metrics.set("servers_used_\(mode.rawValue)", tally.servers.count)
@@ -401,6 +406,16 @@ enum GRPCScenarios {
             metrics.set("ratio_\(mode.rawValue)_to_\(base.rawValue)", rate / baseRate)
           }
         }
+        // Client CPU per call: the registry path's cost without the throughput noise of a
+        // 2-core machine shared by the client and three server processes.
+        func cpuRatio(_ mode: CallMode, _ base: CallMode) {
+          if let value = cpu[mode], let baseValue = cpu[base], baseValue > 0 {
+            metrics.set("cpu_ratio_\(mode.rawValue)_to_\(base.rawValue)", value / baseValue)
+          }
+        }
+        cpuRatio(.balancedOne, .direct)
+        cpuRatio(.resolverOne, .directPosixRoundRobin)
+        cpuRatio(.directPosix, .direct)
         ratio(.balanced, .direct)
         ratio(.balancedOne, .direct)
         ratio(.balancedPosix, .directPosix)
@@ -526,6 +541,8 @@ enum GRPCScenarios {
     var servers: [String: Int] = [:]
     var errors: [String] = []
     var elapsed = Duration.zero
+    /// CPU seconds the whole process used while the calls ran (set by `callConcurrently`).
+    var cpuSeconds = 0.0
 
     mutating func merge(_ other: CallTally) {
       self.ok += other.ok
@@ -547,6 +564,7 @@ enum GRPCScenarios {
   ) async -> CallTally {
     let counter = Counter()
     let start = ContinuousClock.now
+    let cpuStart = ConnectionScenario.processCPUSeconds()
     var tally = await withTaskGroup(of: CallTally.self) { group in
       for _ in 0 ..< callers {
         group.addTask {
@@ -574,6 +592,7 @@ enum GRPCScenarios {
       return all
     }
     tally.elapsed = ContinuousClock.now - start
+    tally.cpuSeconds = ConnectionScenario.processCPUSeconds() - cpuStart
     return tally
   }
 
