@@ -76,22 +76,10 @@ final class ChildProcess: Sendable {
     let output = self.output
     let lines = self.lines
     let thread = Thread {
-      var pending: [UInt8] = []
-      var buffer = [UInt8](repeating: 0, count: 4096)
-      while true {
-        let count = buffer.withUnsafeMutableBytes { read(readEnd, $0.baseAddress, $0.count) }
-        if count < 0, errno == EINTR { continue }
-        if count <= 0 { break }
-        let now = ContinuousClock.now
-        pending.append(contentsOf: buffer[0 ..< count])
-        while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
-          let line = String(decoding: pending[..<newline], as: UTF8.self)
-          pending.removeSubrange(...newline)
-          lines.withLock { $0.append(line) }
-          output.record("line", at: now)
-        }
+      readLines(from: readEnd, chunkSize: 4096) { line, now in
+        lines.withLock { $0.append(line) }
+        output.record("line", at: now)
       }
-      close(readEnd)
       output.record("eof")
       // Wakes a waitForLine that waits for the next line.
       output.record("line")
@@ -307,4 +295,28 @@ enum UserServers {
     }
     return try outcome.get()
   }
+}
+
+/// Reads `descriptor` until end of file (blocking: call it on a thread of its own), passing every
+/// complete line to `onLine` with the instant its chunk was read, then closes it.
+func readLines(
+  from descriptor: Int32,
+  chunkSize: Int,
+  _ onLine: (_ line: String, _ readAt: ContinuousClock.Instant) -> Void
+) {
+  var pending: [UInt8] = []
+  var buffer = [UInt8](repeating: 0, count: chunkSize)
+  while true {
+    let count = buffer.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
+    if count < 0, errno == EINTR { continue }
+    if count <= 0 { break }
+    let now = ContinuousClock.now
+    pending.append(contentsOf: buffer[0 ..< count])
+    while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
+      let line = String(decoding: pending[..<newline], as: UTF8.self)
+      pending.removeSubrange(...newline)
+      onLine(line, now)
+    }
+  }
+  close(descriptor)
 }

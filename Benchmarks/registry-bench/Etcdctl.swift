@@ -105,21 +105,9 @@ final class EtcdctlWatch: Sendable {
     close(writeEnd)
     self.pid = pid
     let thread = Thread {
-      var pending: [UInt8] = []
-      var buffer = [UInt8](repeating: 0, count: 65536)
-      while true {
-        let count = buffer.withUnsafeMutableBytes { read(readEnd, $0.baseAddress, $0.count) }
-        if count < 0, errno == EINTR { continue }
-        if count <= 0 { break }
-        let now = ContinuousClock.now
-        pending.append(contentsOf: buffer[0 ..< count])
-        while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
-          let line = String(decoding: pending[..<newline], as: UTF8.self)
-          pending.removeSubrange(...newline)
-          if line.hasPrefix(prefix) { arrivals.record(line, at: now) }
-        }
+      readLines(from: readEnd, chunkSize: 65536) { line, now in
+        if line.hasPrefix(prefix) { arrivals.record(line, at: now) }
       }
-      close(readEnd)
     }
     thread.start()
   }
