@@ -39,6 +39,9 @@ import Synchronization
 /// | `registry_watched_instances` | gauge | `service` | instances the watch last saw |
 /// | `etcd_lease_keepalive_duration_seconds` | timer | | lease renewal round trips |
 ///
+/// The `service` series exist while the service is watched: when its last watcher ends they are
+/// destroyed (a gauge left behind would keep reporting instances nobody follows any more).
+///
 /// Run it for its lifetime, scoped or as a swift-service-lifecycle `Service`:
 ///
 /// ```swift
@@ -307,6 +310,8 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
     let retired = self.state.withLock { state in
       guard state.feeds[feed.service] === feed, feed.stopIfUnused() else { return false }
       state.feeds[feed.service] = nil
+      // Under the lock, before a new feed of the service can make the same series again.
+      feed.metrics.destroy()
       return true
     }
     if retired {
@@ -340,6 +345,7 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
       state.confirmed = []
       state.registrations = [:]
       defer {
+        for feed in state.feeds.values { feed.metrics.destroy() }
         state.feeds = [:]
         state.wake = nil
       }

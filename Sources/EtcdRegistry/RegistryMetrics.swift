@@ -16,6 +16,8 @@ import CoreMetrics
 /// | `registry_watch_compactions_total` | counter | `service` | those restarts because etcd compacted the revision (or the store was replaced) |
 /// | `registry_watched_instances` | gauge | `service` | instances of a watched service, as the watch last saw them |
 ///
+/// The `service` series are destroyed when the service's last watcher ends.
+///
 /// The etcd client adds `etcd_lease_keepalive_duration_seconds` (a timer, see `EtcdClient`).
 struct RegistryMetrics: Sendable {
   let factory: any MetricsFactory
@@ -72,5 +74,12 @@ struct WatchMetrics: Sendable {
       dimensions: dimensions,
       factory: factory
     )
+  }
+
+  /// The service is no longer watched: its series go (see ``EtcdServiceRegistry``'s metrics).
+  func destroy() {
+    self.restarts.destroy()
+    self.compactions.destroy()
+    self.instances.destroy()
   }
 }

@@ -46,6 +46,9 @@ import Synchronization
 ///
 /// A call whose stream could not start on one instance counts once on each instance it tried,
 /// and once as a fail-over; an ejected instance is re-admitted by its first success on probation.
+/// The per-instance series are destroyed once the transport has no connection to the instance
+/// any more (it left the registry, or the transport shut down), so changing addresses do not
+/// pile up series in the metrics backend.
 ///
 /// `GRPCClient.runConnections()` calls ``connect()``, which runs everything (the registry watch,
 /// the connections, the health watches) as child tasks until ``beginGracefulShutdown()`` and the
@@ -390,14 +393,14 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
   private func perform(_ effects: Balancer.Effects) {
     for waiter in effects.wake { waiter.resume() }
     for address in effects.ejected {
-      self.metrics.ejections(instance: address).increment()
+      self.metrics.instance(address)?.ejections.increment()
       self.logger.warning(
         "Instance ejected after consecutive failures",
         metadata: ["registry.service": "\(self.target.service)", "registry.address": "\(address)"]
       )
     }
     for address in effects.readmitted {
-      self.metrics.readmissions(instance: address).increment()
+      self.metrics.instance(address)?.readmissions.increment()
       self.logger.info(
         "Ejected instance re-admitted after a success",
         metadata: ["registry.service": "\(self.target.service)", "registry.address": "\(address)"]
@@ -421,6 +424,7 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
       )
       if case .terminated = self.actionsContinuation.yield(subchannel) {
         // Shut down meanwhile: the subchannel never runs, so it must not linger.
+        self.metrics.release(instance: subchannel.address)
         self.perform(self.state.withLock { $0.subchannelEnded(subchannel.id) })
       }
     }
@@ -482,7 +486,7 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
         id: id,
         address: instance.address,
         connection: connection,
-        calls: self.metrics.calls(instance: instance.address)
+        calls: self.metrics.retain(instance: instance.address).calls
       )
     } catch {
       self.logger.info(
@@ -550,6 +554,7 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
         subchannel.connection.beginGracefulShutdown()
       }
     }
+    self.metrics.release(instance: subchannel.address)
     self.perform(self.state.withLock { $0.subchannelEnded(subchannel.id) })
   }
 

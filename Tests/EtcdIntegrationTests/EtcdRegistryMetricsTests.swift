@@ -9,7 +9,7 @@ import Testing
 @Suite("EtcdServiceRegistry metrics", .timeLimit(.minutes(3)))
 struct EtcdRegistryMetricsTests {
   @Test(
-    "registrations, grants, keep-alive latency, watched instances, malformed values, a lost lease and a compaction move the metrics"
+    "registrations, grants, keep-alive latency, watched instances, malformed values, a lost lease and a compaction move the metrics; a service's series end with its last watcher"
   )
   func metricsMove() async throws {
     try await withEtcdCluster { cluster in
@@ -89,6 +89,22 @@ struct EtcdRegistryMetricsTests {
         metrics.recorders(label: "registry_watched_instances", dimensions: service).first?
           .lastValue == 3
       }
+
+      // The last watcher leaves: the service's series go with its feed, and a new watcher
+      // starts them again.
+      recorder.cancel()
+      try await waitUntil("the service's series are destroyed") {
+        metrics.recorders(label: "registry_watched_instances", dimensions: service).isEmpty
+          && metrics.counters(label: "registry_watch_restarts_total", dimensions: service).isEmpty
+      }
+      let again = WatchRecorder(registry.watch("svc"))
+      defer { again.cancel() }
+      try await again.waitForAddresses(["10.0.0.1:1", "10.0.0.1:2", "10.0.0.1:3"])
+      try await waitUntil("the new feed's gauge shows 3 watched instances") {
+        metrics.recorders(label: "registry_watched_instances", dimensions: service).first?
+          .lastValue == 3
+      }
+      #expect(counter("registry_watch_restarts_total", service) == 0)
       await running.stop()
     }
   }

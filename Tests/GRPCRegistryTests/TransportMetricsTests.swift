@@ -19,20 +19,61 @@ struct TransportMetricsTests {
     try await withBalancedClient(registry: registry, config: config) { transport, users in
       try await waitUntilPreferred(transport, [light.address, heavy.address])
       for id in 0 ..< 400 { _ = try await getName(users, id: Int64(id)) }
+      let lightCalls = try metrics.expectCounter(
+        "registry_client_calls_total",
+        [("service", "user-server"), ("instance", light.address)]
+      ).totalValue
+      let heavyCalls = try metrics.expectCounter(
+        "registry_client_calls_total",
+        [("service", "user-server"), ("instance", heavy.address)]
+      ).totalValue
+      #expect(lightCalls + heavyCalls == 400)
+      #expect((90 ... 110).contains(lightCalls), "weight 1 of 4: \(lightCalls) of 400")
+      #expect(metrics.counterTotal(label: "registry_client_failovers_total") == 0)
+      #expect(metrics.counterTotal(label: "registry_client_ejections_total") == 0)
     }
-    let lightCalls = try metrics.expectCounter(
-      "registry_client_calls_total",
-      [("service", "user-server"), ("instance", light.address)]
-    ).totalValue
-    let heavyCalls = try metrics.expectCounter(
-      "registry_client_calls_total",
-      [("service", "user-server"), ("instance", heavy.address)]
-    ).totalValue
-    #expect(lightCalls + heavyCalls == 400)
-    #expect((90 ... 110).contains(lightCalls), "weight 1 of 4: \(lightCalls) of 400")
-    #expect(metrics.counterTotal(label: "registry_client_failovers_total") == 0)
-    #expect(metrics.counterTotal(label: "registry_client_ejections_total") == 0)
+    // The transport has shut down: no per-instance series outlive it.
+    #expect(metrics.counters(label: "registry_client_calls_total", dimensions: []).isEmpty)
     for server in [light, heavy] { try await server.stopGracefully() }
+  }
+
+  @Test(
+    "an instance that leaves the registry takes its series along; one that comes back starts from zero"
+  )
+  func seriesOfRemovedInstancesAreDestroyed() async throws {
+    let registry = InMemoryRegistry()
+    let staying = try await TestServer.start(registry: registry)
+    let leaving = try await TestServer.start(registry: registry)
+    let metrics = TestMetrics()
+    let config = RegistryClientTransport.Config.defaults { $0.metricsFactory = metrics }
+    func calls(_ address: String) -> Int64? {
+      metrics.counters(
+        label: "registry_client_calls_total",
+        dimensions: [("service", "user-server"), ("instance", address)]
+      ).first?.totalValue
+    }
+    try await withBalancedClient(registry: registry, config: config) { transport, users in
+      try await waitUntilPreferred(transport, [staying.address, leaving.address])
+      for id in 0 ..< 40 { _ = try await getName(users, id: Int64(id)) }
+      #expect((calls(leaving.address) ?? 0) > 0)
+
+      let instance = try await leaving.server.registeredInstance()
+      try await leaving.registry.deregister(service: instance.name, address: instance.address)
+      try await waitUntil("the left instance's series is destroyed", within: .seconds(10)) {
+        calls(leaving.address) == nil
+      }
+      #expect((calls(staying.address) ?? 0) > 0, "the staying instance keeps its series")
+
+      // Back under the same address: a new series, counting from zero.
+      try await leaving.registry.register(instance)
+      try await waitUntilPreferred(transport, [staying.address, leaving.address])
+      try await waitUntil("the returned instance takes calls again", within: .seconds(10)) {
+        _ = try await getName(users)
+        return (calls(leaving.address) ?? 0) > 0
+      }
+      #expect((calls(leaving.address) ?? 0) < 40)
+    }
+    for server in [staying, leaving] { try await server.stopGracefully() }
   }
 
   @Test(
