@@ -35,7 +35,8 @@ enum GRPCScenarios {
 
   static let memory = Scenario(
     name: "mem",
-    summary: "resident memory: a watch of 10,000 instances, a registry holding 1,000 registrations"
+    summary:
+      "resident memory: a watch of 10,000 instances, 1,000 registrations held, 2,000 instances come and go"
   ) { context in
     try await GRPCScenarios.memory(context)
   }
@@ -604,7 +605,12 @@ enum GRPCScenarios {
   ///   of 10,000 instances (written straight into etcd beforehand), until its first snapshot has
   ///   all of them (the consumer keeps that snapshot);
   /// - *hold 1k*: an `EtcdServiceRegistry` that has granted its lease, then 1,000 registrations
-  ///   (16 concurrent callers).
+  ///   (16 concurrent callers);
+  /// - *churn 2k*: a balanced transport on an `EtcdServiceRegistry` while instances come and go:
+  ///   one in-process server listens on 0.0.0.0, and each cycle registers it under a new
+  ///   loopback address (127.0.x.y, the same port), waits until the transport prefers it, makes
+  ///   4 calls, deregisters it and waits until the transport has dropped it. VmRSS after 300
+  ///   warm-up cycles and after 2,000 more: what instance churn (pod restarts) costs a client.
   static func memory(_ context: BenchContext) async throws -> Metrics {
     let prefix = context.prefix("mem")
     guard let executable = ChildProcess.selfExecutable else {
@@ -625,7 +631,7 @@ enum GRPCScenarios {
       )
     }
     var metrics = Metrics()
-    for role in context.ordered(["watch", "hold"]) {
+    for role in context.ordered(["watch", "hold", "churn"]) {
       let child = try ChildProcess(
         executable: executable,
         arguments: ["--mem-child", role, "--etcd", context.endpoint, "--mem-prefix", prefix],
@@ -642,12 +648,16 @@ enum GRPCScenarios {
       let numbers = line.split(separator: " ").compactMap { Double($0) }
       guard numbers.count == 2 else { throw BenchError("the mem helper printed '\(line)'") }
       let (base, loaded) = (numbers[0] / 1_048_576, numbers[1] / 1_048_576)
-      let name = role == "watch" ? "watch_10k" : "hold_1k"
-      let count = role == "watch" ? MemoryChild.watchedCount : MemoryChild.heldCount
+      let (name, count, unit): (String, Int, String)
+      switch role {
+      case "watch": (name, count, unit) = ("watch_10k", MemoryChild.watchedCount, "instance")
+      case "hold": (name, count, unit) = ("hold_1k", MemoryChild.heldCount, "instance")
+      default: (name, count, unit) = ("churn_2k", MemoryChild.churnCycles, "cycle")
+      }
       metrics.set("\(name)_rss_before_mb", base)
       metrics.set("\(name)_rss_after_mb", loaded)
       metrics.set("\(name)_rss_delta_mb", loaded - base)
-      metrics.set("\(name)_bytes_per_instance", (numbers[1] - numbers[0]) / Double(count))
+      metrics.set("\(name)_bytes_per_\(unit)", (numbers[1] - numbers[0]) / Double(count))
     }
     return metrics
   }
@@ -933,6 +943,8 @@ enum MemoryChild {
   static let watchedCount = 10_000
   static let heldService = "bench-mem-hold"
   static let heldCount = 1_000
+  static let churnWarmUp = 300
+  static let churnCycles = 2_000
 
   static func run(role: String, endpoint: String, prefix: String, logger: Logger) async throws {
     let configuration = EtcdServiceRegistry.Configuration.defaults {
@@ -978,12 +990,73 @@ enum MemoryChild {
         }
         try await Task.sleep(for: .milliseconds(500))
         return (before, residentMemory() ?? 0)
+      case "churn":
+        return try await Self.churn(registry: registry, logger: logger)
       default:
         throw BenchError("unknown --mem-child role '\(role)'")
       }
     }
     print("MEM \(before) \(after)")
     fflush(nil)
+  }
+
+  /// The churn role (see ``GRPCScenarios/memory(_:)``); returns VmRSS after the warm-up cycles
+  /// and after the measured ones.
+  private static func churn(
+    registry: EtcdServiceRegistry,
+    logger: Logger
+  ) async throws -> (Int, Int) {
+    let service = "bench-mem-churn"
+    let server = GRPCServer(
+      transport: HTTP2ServerTransport.Posix(
+        address: .ipv4(host: "0.0.0.0", port: 0),
+        transportSecurity: .plaintext
+      ),
+      services: [UserDirectory(name: { "churn" })]
+    )
+    return try await withThrowingTaskGroup(of: Void.self) { group in
+      group.addTask { try await server.serve() }
+      defer { server.beginGracefulShutdown() }
+      guard let port = try await server.listeningAddress?.ipv4?.port else {
+        throw BenchError("the churn server is not listening on IPv4")
+      }
+      let stable = ServiceInstance(name: service, address: "127.0.0.1:\(port)")
+      try await registry.register(stable)
+      let transport = RegistryClientTransport(
+        target: RegistryTarget(service: service),
+        registry: registry,
+        logger: logger
+      )
+      return try await withGRPCClient(transport: transport) { client in
+        let users = User_UserMesService.Client(wrapping: client)
+        func preferred() -> Set<String> {
+          Set(transport.instanceStatuses.filter(\.isPreferred).map(\.instance.address))
+        }
+        func waitFor(_ what: String, _ condition: () -> Bool) async throws {
+          let deadline = ContinuousClock.now + .seconds(10)
+          while !condition() {
+            guard ContinuousClock.now < deadline else {
+              throw BenchError("churn: \(what) did not happen within 10 s")
+            }
+            try await Task.sleep(for: .milliseconds(1))
+          }
+        }
+        try await waitFor("the first instance is preferred") { preferred() == [stable.address] }
+        var before = 0
+        for cycle in 0 ..< Self.churnWarmUp + Self.churnCycles {
+          if cycle == Self.churnWarmUp { before = residentMemory() ?? 0 }
+          // 127.0.x.y with y in 2...251: a new address every cycle for the first 62,500.
+          let address = "127.0.\(cycle / 250 % 250).\(cycle % 250 + 2):\(port)"
+          let instance = ServiceInstance(name: service, address: address)
+          try await registry.register(instance)
+          try await waitFor("\(address) is preferred") { preferred().contains(address) }
+          for id in 0 ..< 4 { _ = try await GRPCScenarios.call(users, id: id) }
+          try await registry.deregister(service: service, address: address)
+          try await waitFor("\(address) is dropped") { transport.instanceStatuses.count == 1 }
+        }
+        return (before, residentMemory() ?? 0)
+      }
+    }
   }
 }
 
