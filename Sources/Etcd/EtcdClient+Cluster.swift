@@ -1,3 +1,4 @@
+import GRPCConnection
 import GRPCCore
 
 extension EtcdClient {
@@ -37,15 +38,15 @@ extension EtcdClient {
     } else {
       target = self.pickEndpoint().1
     }
-    var options = CallOptions.defaults
-    options.timeout = self.configuration.requestTimeout
     do {
       let metadata = try await self.auth.metadata(for: self)
-      let response = try await Etcdserverpb_Maintenance.Client(wrapping: target.client).status(
-        Etcdserverpb_StatusRequest(),
-        metadata: metadata,
-        options: options
-      )
+      let deadline = ContinuousClock.now + self.configuration.requestTimeout
+      let response = try await HTTP2Connection.withCallDeadline(deadline) {
+        try await Etcdserverpb_Maintenance.Client(wrapping: target.client).status(
+          Etcdserverpb_StatusRequest(),
+          metadata: metadata
+        )
+      }
       return EtcdStatus(
         header: EtcdResponseHeader(response.header),
         version: response.version,

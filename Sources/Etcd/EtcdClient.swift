@@ -170,12 +170,14 @@ public final class EtcdClient: Service, Sendable {
     var reauthenticated = false
     while true {
       let (index, endpoint) = self.pickEndpoint()
-      var options = CallOptions.defaults
-      options.timeout = max(deadline - ContinuousClock.now, .milliseconds(1))
       do {
         let metadata = authenticated ? try await self.auth.metadata(for: self) : [:]
         do {
-          return try await body(endpoint.client, metadata, options)
+          // The connection enforces the deadline (not `CallOptions.timeout`, whose cancelled
+          // sleep the Swift runtime keeps for the whole timeout: see `withCallDeadline`).
+          return try await HTTP2Connection.withCallDeadline(deadline) {
+            try await body(endpoint.client, metadata, .defaults)
+          }
         } catch let error as RPCError
           where error.code == .unauthenticated && authenticated && self.auth.isConfigured
           && !reauthenticated

@@ -183,14 +183,18 @@ public final class HTTP2Connection: ClientTransport, Sendable {
     options: CallOptions,
     _ closure: (_ stream: RPCStream<Inbound, Outbound>, _ context: ClientContext) async throws -> T
   ) async throws -> T {
-    let connection = try await self.reserveConnection(options: options)
+    let deadline = options.timeout.map { ContinuousClock.now + $0 } ?? Self.callDeadline
+    let connection = try await self.reserveConnection(
+      waitForReady: options.waitForReady ?? false,
+      timeout: try Self.remaining(until: deadline)
+    )
     defer { self.releaseConnection(connection) }
 
     let stream = ClientStream(
       connection: connection,
       path: "/\(descriptor.service.fullyQualifiedService)/\(descriptor.method)",
       authority: self.authority,
-      timeout: options.timeout,
+      timeout: try Self.remaining(until: deadline),
       maxRequestBytes: options.maxRequestMessageBytes ?? self.config.rpc.maxRequestMessageBytes,
       maxResponseBytes: options.maxResponseMessageBytes ?? self.config.rpc.maxResponseMessageBytes
     )
@@ -216,8 +220,10 @@ public final class HTTP2Connection: ClientTransport, Sendable {
 
   // MARK: - Streams and connections
 
-  private func reserveConnection(options: CallOptions) async throws -> ActiveConnection {
-    let waitForReady = options.waitForReady ?? false
+  private func reserveConnection(
+    waitForReady: Bool,
+    timeout: Duration?
+  ) async throws -> ActiveConnection {
     switch self.state.withLock({ $0.reserve(waitForReady: waitForReady) }) {
     case .reserved(let connection):
       return connection
@@ -227,7 +233,7 @@ public final class HTTP2Connection: ClientTransport, Sendable {
       if wakeLoop {
         self.wake()
       }
-      return try await self.waitForConnection(waitForReady: waitForReady, timeout: options.timeout)
+      return try await self.waitForConnection(waitForReady: waitForReady, timeout: timeout)
     }
   }
 

@@ -164,14 +164,16 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
   ///
   /// Fails with `unavailable` when the call's group has no instances (the message names the
   /// service and group) or none of them can take the call. Before the registry's first answer,
-  /// and with `waitForReady` while no instance is available, the call waits within its timeout.
+  /// and with `waitForReady` while no instance is available, the call waits within its timeout
+  /// (`CallOptions.timeout`, else the deadline of `HTTP2Connection.withCallDeadline`).
   public func withStream<T: Sendable>(
     descriptor: MethodDescriptor,
     options: CallOptions,
     _ closure: (_ stream: RPCStream<Inbound, Outbound>, _ context: ClientContext) async throws -> T
   ) async throws -> T {
     let group = currentRegistryGroup ?? self.target.group
-    let deadline = options.timeout.map { ContinuousClock.now + $0 }
+    let deadline =
+      options.timeout.map { ContinuousClock.now + $0 } ?? HTTP2Connection.currentCallDeadline
     var excluded: [UInt64] = []
     var lastError: (any Error)?
     for _ in 0 ..< max(1, self.config.maxStreamStartAttempts) {

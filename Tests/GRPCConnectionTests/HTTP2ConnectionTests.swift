@@ -145,6 +145,36 @@ struct HTTP2ConnectionTests {
     }
   }
 
+  @Test("a deadline from withCallDeadline (no CallOptions.timeout) is enforced by the connection")
+  func callDeadline() async throws {
+    try await withEchoServerAndClient { client, _, server in
+      let start = ContinuousClock.now
+      let error = try await #require(throws: RPCError.self) {
+        try await HTTP2Connection.withCallDeadline(.now + .milliseconds(200)) {
+          _ = try await client.echo([1], method: EchoMethod.hang).message
+        }
+      }
+      #expect(error.code == .deadlineExceeded)
+      #expect(ContinuousClock.now - start < .seconds(5))
+      try await poll("the server saw the RPC cancelled") {
+        server.probe.cancelledRPCs == server.probe.startedHangingRPCs
+      }
+      // A deadline that has passed fails the call before it opens a stream.
+      let passed = try await #require(throws: RPCError.self) {
+        try await HTTP2Connection.withCallDeadline(.now - .milliseconds(1)) {
+          _ = try await client.echo([2]).message
+        }
+      }
+      #expect(passed.code == .deadlineExceeded)
+      // Calls inside a generous deadline, and outside any, go through.
+      let echoed = try await HTTP2Connection.withCallDeadline(.now + .seconds(30)) {
+        try await client.echo([3]).message
+      }
+      #expect(echoed == [3])
+      #expect(try await client.echo([9]).message == [9])
+    }
+  }
+
   @Test("transport deadline without the client executor")
   func transportDeadline() async throws {
     try await withEchoServerAndClient { _, connection, server in
