@@ -36,7 +36,7 @@ enum GRPCScenarios {
   static let memory = Scenario(
     name: "mem",
     summary:
-      "resident memory: a watch of 10,000 instances, 1,000 registrations held, 2,000 instances come and go"
+      "resident memory: a watch of 10k instances, 1k registrations, 4k instances coming and going, call deadlines"
   ) { context in
     try await GRPCScenarios.memory(context)
   }
@@ -606,11 +606,14 @@ enum GRPCScenarios {
   ///   all of them (the consumer keeps that snapshot);
   /// - *hold 1k*: an `EtcdServiceRegistry` that has granted its lease, then 1,000 registrations
   ///   (16 concurrent callers);
-  /// - *churn 2k*: a balanced transport on an `EtcdServiceRegistry` while instances come and go:
+  /// - *churn 4k*: a balanced transport on an `EtcdServiceRegistry` while instances come and go:
   ///   one in-process server listens on 0.0.0.0, and each cycle registers it under a new
   ///   loopback address (127.0.x.y, the same port), waits until the transport prefers it, makes
-  ///   4 calls, deregisters it and waits until the transport has dropped it. VmRSS after 300
-  ///   warm-up cycles and after 2,000 more: what instance churn (pod restarts) costs a client.
+  ///   4 calls, deregisters it and waits until the transport has dropped it. VmRSS after 1,500
+  ///   warm-up cycles and after 4,000 more: what instance churn (pod restarts) costs a client.
+  ///   Then, in the same process, 20,000 calls with a 30 s deadline set by
+  ///   `HTTP2Connection.withCallDeadline`, and 20,000 with a 30 s `CallOptions.timeout`: the
+  ///   resident memory each way of giving a call a deadline holds while the deadline runs.
   static func memory(_ context: BenchContext) async throws -> Metrics {
     let prefix = context.prefix("mem")
     guard let executable = ChildProcess.selfExecutable else {
@@ -646,18 +649,27 @@ enum GRPCScenarios {
       }
       child.removeLog()
       let numbers = line.split(separator: " ").compactMap { Double($0) }
-      guard numbers.count == 2 else { throw BenchError("the mem helper printed '\(line)'") }
-      let (base, loaded) = (numbers[0] / 1_048_576, numbers[1] / 1_048_576)
-      let (name, count, unit): (String, Int, String)
-      switch role {
-      case "watch": (name, count, unit) = ("watch_10k", MemoryChild.watchedCount, "instance")
-      case "hold": (name, count, unit) = ("hold_1k", MemoryChild.heldCount, "instance")
-      default: (name, count, unit) = ("churn_2k", MemoryChild.churnCycles, "cycle")
+      guard numbers.count == (role == "churn" ? 5 : 2) else {
+        throw BenchError("the mem helper printed '\(line)'")
       }
-      metrics.set("\(name)_rss_before_mb", base)
-      metrics.set("\(name)_rss_after_mb", loaded)
-      metrics.set("\(name)_rss_delta_mb", loaded - base)
-      metrics.set("\(name)_bytes_per_\(unit)", (numbers[1] - numbers[0]) / Double(count))
+      func record(_ name: String, _ before: Double, _ after: Double, per unit: String, _ count: Int)
+      {
+        metrics.set("\(name)_rss_before_mb", before / 1_048_576)
+        metrics.set("\(name)_rss_after_mb", after / 1_048_576)
+        metrics.set("\(name)_rss_delta_mb", (after - before) / 1_048_576)
+        metrics.set("\(name)_bytes_per_\(unit)", (after - before) / Double(count))
+      }
+      switch role {
+      case "watch":
+        record("watch_10k", numbers[0], numbers[1], per: "instance", MemoryChild.watchedCount)
+      case "hold":
+        record("hold_1k", numbers[0], numbers[1], per: "instance", MemoryChild.heldCount)
+      default:
+        record("churn_4k", numbers[0], numbers[1], per: "cycle", MemoryChild.churnCycles)
+        let calls = MemoryChild.pinnedCalls
+        record("calls_20k_deadline", numbers[2], numbers[3], per: "call", calls)
+        record("calls_20k_timeout", numbers[3], numbers[4], per: "call", calls)
+      }
     }
     return metrics
   }
@@ -943,8 +955,9 @@ enum MemoryChild {
   static let watchedCount = 10_000
   static let heldService = "bench-mem-hold"
   static let heldCount = 1_000
-  static let churnWarmUp = 300
-  static let churnCycles = 2_000
+  static let churnWarmUp = 1_500
+  static let churnCycles = 4_000
+  static let pinnedCalls = 20_000
 
   static func run(role: String, endpoint: String, prefix: String, logger: Logger) async throws {
     let configuration = EtcdServiceRegistry.Configuration.defaults {
@@ -991,21 +1004,27 @@ enum MemoryChild {
         try await Task.sleep(for: .milliseconds(500))
         return (before, residentMemory() ?? 0)
       case "churn":
-        return try await Self.churn(registry: registry, logger: logger)
+        let numbers = try await Self.churn(registry: registry, logger: logger)
+        print("MEM " + numbers.map { "\($0)" }.joined(separator: " "))
+        fflush(nil)
+        return (numbers[0], numbers[1])
       default:
         throw BenchError("unknown --mem-child role '\(role)'")
       }
     }
-    print("MEM \(before) \(after)")
-    fflush(nil)
+    if role != "churn" {
+      print("MEM \(before) \(after)")
+      fflush(nil)
+    }
   }
 
-  /// The churn role (see ``GRPCScenarios/memory(_:)``); returns VmRSS after the warm-up cycles
-  /// and after the measured ones.
+  /// The churn role (see ``GRPCScenarios/memory(_:)``); returns VmRSS after the warm-up cycles,
+  /// after the measured ones, before the calls, after the calls with `withCallDeadline` and
+  /// after those with `CallOptions.timeout`.
   private static func churn(
     registry: EtcdServiceRegistry,
     logger: Logger
-  ) async throws -> (Int, Int) {
+  ) async throws -> [Int] {
     let service = "bench-mem-churn"
     let server = GRPCServer(
       transport: HTTP2ServerTransport.Posix(
@@ -1050,11 +1069,32 @@ enum MemoryChild {
           let instance = ServiceInstance(name: service, address: address)
           try await registry.register(instance)
           try await waitFor("\(address) is preferred") { preferred().contains(address) }
-          for id in 0 ..< 4 { _ = try await GRPCScenarios.call(users, id: id) }
+          for id in 0 ..< 4 {
+            _ = try await HTTP2Connection.withCallDeadline(.now + GRPCScenarios.callTimeout) {
+              try await users.getById(.with { $0.id = Int64(id) })
+            }
+          }
           try await registry.deregister(service: service, address: address)
           try await waitFor("\(address) is dropped") { transport.instanceStatuses.count == 1 }
         }
-        return (before, residentMemory() ?? 0)
+        var rss = [before, residentMemory() ?? 0]
+
+        // The memory a call's deadline holds while it runs, each way of setting one.
+        try await Task.sleep(for: .seconds(6))  // the churn's 5 s deadlines have all passed
+        rss.append(residentMemory() ?? 0)
+        for id in 0 ..< Self.pinnedCalls {
+          _ = try await HTTP2Connection.withCallDeadline(.now + .seconds(30)) {
+            try await users.getById(.with { $0.id = Int64(id) })
+          }
+        }
+        rss.append(residentMemory() ?? 0)
+        var options = CallOptions.defaults
+        options.timeout = .seconds(30)
+        for id in 0 ..< Self.pinnedCalls {
+          _ = try await users.getById(.with { $0.id = Int64(id) }, options: options)
+        }
+        rss.append(residentMemory() ?? 0)
+        return rss
       }
     }
   }
