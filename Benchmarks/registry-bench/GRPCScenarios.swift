@@ -57,13 +57,43 @@ enum GRPCScenarios {
     return options
   }
 
+  /// Runs `body` with a balanced transport to `service` on `registry` and a `UserMesService`
+  /// client on it (the transport runs for the duration of `body`).
+  static func withBalancedUsers<Result: Sendable>(
+    service: String,
+    registry: any ServiceRegistry,
+    logger: Logger,
+    _ body: (RegistryClientTransport, User_UserMesService.Client<RegistryClientTransport>)
+      async throws -> Result
+  ) async throws -> Result {
+    let transport = RegistryClientTransport(
+      target: RegistryTarget(service: service),
+      registry: registry,
+      logger: logger
+    )
+    return try await withGRPCClient(transport: transport) { client in
+      try await body(transport, User_UserMesService.Client(wrapping: client))
+    }
+  }
+
   /// One GetById; returns the name in the answer (the serving instance's address).
+  ///
+  /// The call gives up after ``callTimeout``: by `CallOptions.timeout`, or with
+  /// `connectionDeadline` by `HTTP2Connection.withCallDeadline`, which holds no memory after the
+  /// call (see the Operations article); c and f keep the former so their numbers stay
+  /// comparable with earlier runs.
   static func call<T: ClientTransport>(
     _ users: User_UserMesService.Client<T>,
-    id: Int
+    id: Int,
+    connectionDeadline: Bool = false
   ) async throws -> String {
     var request = User_GetByIdReq()
     request.id = Int64(id)
+    if connectionDeadline {
+      return try await HTTP2Connection.withCallDeadline(.now + Self.callTimeout) {
+        try await users.getById(request).user.name
+      }
+    }
     return try await users.getById(request, options: Self.callOptions).user.name
   }
 
@@ -561,7 +591,8 @@ enum GRPCScenarios {
     callers: Int,
     total: Int,
     phase: Phase,
-    keepLatencies: Bool = true
+    keepLatencies: Bool = true,
+    connectionDeadline: Bool = false
   ) async -> CallTally {
     let counter = Counter()
     let start = ContinuousClock.now
@@ -576,7 +607,11 @@ enum GRPCScenarios {
             guard index < total else { break }
             let begin = ContinuousClock.now
             do {
-              let name = try await Self.call(users, id: index)
+              let name = try await Self.call(
+                users,
+                id: index,
+                connectionDeadline: connectionDeadline
+              )
               if keepLatencies { tally.latencies.append(ContinuousClock.now - begin) }
               tally.ok += 1
               tally.servers[name, default: 0] += 1
@@ -740,16 +775,20 @@ enum GRPCScenarios {
       logger: logger
     ) { registries in
       let registry = registries[0]
-      let transport = RegistryClientTransport(
-        target: RegistryTarget(service: service),
-        registry: registry,
-        logger: logger
-      )
-      return try await withGRPCClient(transport: transport) { client in
-        let users = User_UserMesService.Client(wrapping: client)
-        _ = await Self.callConcurrently(users, callers: 8, total: 2_000, phase: context.phase())
+      return try await withBalancedUsers(service: service, registry: registry, logger: logger) {
+        transport,
+        users in
+        _ = await Self.callConcurrently(
+          users,
+          callers: 8,
+          total: 2_000,
+          phase: context.phase(),
+          connectionDeadline: true
+        )
         let rssStart = residentMemory()
-        let deadline = ContinuousClock.now + duration
+        let start = ContinuousClock.now
+        let deadline = start + duration
+        let rssByMinute = Shared<[Int]>([])
         let calls = await withTaskGroup(of: CallTally.self) { group in
           for _ in 0 ..< 8 {
             group.addTask {
@@ -759,9 +798,17 @@ enum GRPCScenarios {
                 callers: 1,
                 total: 20_000_000,
                 phase: Phase(deadline: deadline),
-                keepLatencies: false
+                keepLatencies: false,
+                connectionDeadline: true
               )
             }
+          }
+          group.addTask {
+            for minute in 1 ... context.soakMinutes {
+              try? await Task.sleep(until: start + .seconds(60 * minute) - .milliseconds(100))
+              if let rss = residentMemory() { rssByMinute.withLock { $0.append(rss) } }
+            }
+            return CallTally()
           }
           group.addTask {
             await Self.restartAtRandom(
@@ -803,6 +850,9 @@ enum GRPCScenarios {
         metrics.set("convergence_checks_passed", summary.checksPassed)
         if let rssStart { metrics.set("client_rss_start_mb", Double(rssStart) / 1_048_576) }
         if let rssEnd { metrics.set("client_rss_end_mb", Double(rssEnd) / 1_048_576) }
+        for (index, rss) in rssByMinute.withLock({ $0 }).enumerated() {
+          metrics.set("client_rss_minute_\(index + 1)_mb", Double(rss) / 1_048_576)
+        }
         for error in calls.errors { metrics.note("call failed: \(error)") }
         for problem in summary.problems.prefix(10) { metrics.note(problem) }
         return metrics
@@ -1041,13 +1091,11 @@ enum MemoryChild {
       }
       let stable = ServiceInstance(name: service, address: "127.0.0.1:\(port)")
       try await registry.register(stable)
-      let transport = RegistryClientTransport(
-        target: RegistryTarget(service: service),
+      return try await GRPCScenarios.withBalancedUsers(
+        service: service,
         registry: registry,
         logger: logger
-      )
-      return try await withGRPCClient(transport: transport) { client in
-        let users = User_UserMesService.Client(wrapping: client)
+      ) { transport, users in
         func preferred() -> Set<String> {
           Set(transport.instanceStatuses.filter(\.isPreferred).map(\.instance.address))
         }
@@ -1070,9 +1118,7 @@ enum MemoryChild {
           try await registry.register(instance)
           try await waitFor("\(address) is preferred") { preferred().contains(address) }
           for id in 0 ..< 4 {
-            _ = try await HTTP2Connection.withCallDeadline(.now + GRPCScenarios.callTimeout) {
-              try await users.getById(.with { $0.id = Int64(id) })
-            }
+            _ = try await GRPCScenarios.call(users, id: id, connectionDeadline: true)
           }
           try await registry.deregister(service: service, address: address)
           try await waitFor("\(address) is dropped") { transport.instanceStatuses.count == 1 }
