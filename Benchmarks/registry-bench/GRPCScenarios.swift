@@ -998,8 +998,9 @@ struct TimingRegistry: ServiceRegistry {
   }
 }
 
-/// The helper processes of scenario mem: `registry-bench --mem-child watch|hold --etcd … --mem-prefix …`
-/// prints `MEM <VmRSS before> <VmRSS after>` (bytes) and exits.
+/// The helper processes of scenario mem: `registry-bench --mem-child watch|hold|churn --etcd …
+/// --mem-prefix …` prints `MEM <VmRSS before> <VmRSS after>` (bytes; churn prints the five
+/// numbers ``churn(registry:logger:)`` returns) and exits.
 enum MemoryChild {
   static let watchedService = "bench-mem-watch"
   static let watchedCount = 10_000
@@ -1014,10 +1015,10 @@ enum MemoryChild {
       $0.etcd.endpoints = [endpoint]
       $0.keyPrefix = prefix
     }
-    let (before, after) = try await withEtcdServiceRegistry(
+    let rss = try await withEtcdServiceRegistry(
       configuration: configuration,
       logger: logger
-    ) { registry -> (Int, Int) in
+    ) { registry -> [Int] in
       switch role {
       case "watch":
         _ = try await registry.instances(of: "bench-mem-none")
@@ -1034,7 +1035,7 @@ enum MemoryChild {
         guard kept.count >= Self.watchedCount else {
           throw BenchError("the watch ended with \(kept.count) instances")
         }
-        return (before, after)
+        return [before, after]
       case "hold":
         let warm = benchInstance(service: Self.heldService + "-warm", index: 0)
         try await registry.register(warm)
@@ -1052,20 +1053,15 @@ enum MemoryChild {
           throw BenchError("registered only \(result.count) of \(Self.heldCount) in 60 s")
         }
         try await Task.sleep(for: .milliseconds(500))
-        return (before, residentMemory() ?? 0)
+        return [before, residentMemory() ?? 0]
       case "churn":
-        let numbers = try await Self.churn(registry: registry, logger: logger)
-        print("MEM " + numbers.map { "\($0)" }.joined(separator: " "))
-        fflush(nil)
-        return (numbers[0], numbers[1])
+        return try await Self.churn(registry: registry, logger: logger)
       default:
         throw BenchError("unknown --mem-child role '\(role)'")
       }
     }
-    if role != "churn" {
-      print("MEM \(before) \(after)")
-      fflush(nil)
-    }
+    print("MEM " + rss.map { "\($0)" }.joined(separator: " "))
+    fflush(nil)
   }
 
   /// The churn role (see ``GRPCScenarios/memory(_:)``); returns VmRSS after the warm-up cycles,

@@ -1,4 +1,4 @@
-internal import GRPCCore
+public import GRPCCore
 
 extension HTTP2Connection {
   /// The deadline set by ``withCallDeadline(_:isolation:_:)`` for the calls of this task.
@@ -30,9 +30,10 @@ extension HTTP2Connection {
     try await Self.$callDeadline.withValue(deadline, operation: body, isolation: isolation)
   }
 
-  /// The deadline ``withCallDeadline(_:isolation:_:)`` set for the current task, if any.
-  public static var currentCallDeadline: ContinuousClock.Instant? {
-    Self.callDeadline
+  /// The deadline of a call made now with `options`: its `timeout` from now, else the deadline
+  /// ``withCallDeadline(_:isolation:_:)`` set for the current task, else none.
+  public static func deadline(of options: CallOptions) -> ContinuousClock.Instant? {
+    options.timeout.map { ContinuousClock.now + $0 } ?? Self.callDeadline
   }
 
   /// What is left until `deadline`; throws `deadlineExceeded` if it has passed.

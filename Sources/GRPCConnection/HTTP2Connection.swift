@@ -183,7 +183,7 @@ public final class HTTP2Connection: ClientTransport, Sendable {
     options: CallOptions,
     _ closure: (_ stream: RPCStream<Inbound, Outbound>, _ context: ClientContext) async throws -> T
   ) async throws -> T {
-    let deadline = options.timeout.map { ContinuousClock.now + $0 } ?? Self.callDeadline
+    let deadline = Self.deadline(of: options)
     let connection = try await self.reserveConnection(
       waitForReady: options.waitForReady ?? false,
       timeout: try Self.remaining(until: deadline)

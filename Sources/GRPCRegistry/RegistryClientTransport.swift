@@ -172,8 +172,7 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
     _ closure: (_ stream: RPCStream<Inbound, Outbound>, _ context: ClientContext) async throws -> T
   ) async throws -> T {
     let group = currentRegistryGroup ?? self.target.group
-    let deadline =
-      options.timeout.map { ContinuousClock.now + $0 } ?? HTTP2Connection.currentCallDeadline
+    let deadline = HTTP2Connection.deadline(of: options)
     var excluded: [UInt64] = []
     var lastError: (any Error)?
     for _ in 0 ..< max(1, self.config.maxStreamStartAttempts) {
@@ -426,8 +425,7 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
       )
       if case .terminated = self.actionsContinuation.yield(subchannel) {
         // Shut down meanwhile: the subchannel never runs, so it must not linger.
-        self.metrics.release(instance: subchannel.address)
-        self.perform(self.state.withLock { $0.subchannelEnded(subchannel.id) })
+        self.ended(subchannel)
       }
     }
   }
@@ -556,6 +554,12 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
         subchannel.connection.beginGracefulShutdown()
       }
     }
+    self.ended(subchannel)
+  }
+
+  /// A subchannel is gone (ran and ended, or never started): the balancer forgets it and its
+  /// address's metrics lose a user.
+  private func ended(_ subchannel: Subchannel) {
     self.metrics.release(instance: subchannel.address)
     self.perform(self.state.withLock { $0.subchannelEnded(subchannel.id) })
   }
