@@ -2,6 +2,7 @@ import Foundation
 import GRPCConnection
 import GRPCCore
 import GRPCNIOTransportHTTP2
+import GRPCRegistry
 import Logging
 import Synchronization
 import UserService
@@ -48,10 +49,15 @@ enum ConnectionScenario {
       return false
     }
     let name = NameBox()
+    var config = HTTP2ServerTransport.Posix.Config.defaults()
+    if ProcessInfo.processInfo.environment["REGISTRY_BENCH_ANSWER_PINGS"] == "1" {
+      config.answerTrafficPings()
+    }
     let server = GRPCServer(
       transport: HTTP2ServerTransport.Posix(
         address: .ipv4(host: "127.0.0.1", port: 0),
-        transportSecurity: .plaintext
+        transportSecurity: .plaintext,
+        config: config
       ),
       services: [UserDirectory(name: { name.value })]
     )
@@ -78,13 +84,25 @@ enum ConnectionScenario {
       environment: ["REGISTRY_BENCH_SERVE_SWIFT": "1"]
     )
     defer { swiftServer.stop() }
+    // The same Swift server with `TrafficPingResponder` (as a RegisteredServer runs by default),
+    // called by the grpc-go client only: the stock server drops it every ~200 calls.
+    let answeringServer = try await Child.start(
+      CommandLine.arguments[0],
+      [],
+      environment: ["REGISTRY_BENCH_SERVE_SWIFT": "1", "REGISTRY_BENCH_ANSWER_PINGS": "1"]
+    )
+    defer { answeringServer.stop() }
     let goServer = try await Child.start(goBinary, ["serve", "-addr", "127.0.0.1:0"])
     defer { goServer.stop() }
-    let servers = [("swift", swiftServer.address), ("go", goServer.address)]
+    let servers = [
+      ("swift", swiftServer.address), ("swiftpings", answeringServer.address),
+      ("go", goServer.address),
+    ]
     let calls = Self.callsPerCell
     for (serverName, address) in servers {
       for concurrency in Self.concurrencies {
-        for client in context.ordered(["ours", "stock", "go"]) {
+        let clients = serverName == "swiftpings" ? ["go"] : ["ours", "stock", "go"]
+        for client in context.ordered(clients) {
           let key = "\(serverName)_\(client)_c\(concurrency)"
           if let only = Self.onlyCells, !only.contains(key) { continue }
           Report.progress(

@@ -42,9 +42,14 @@ extension RegisteredServer {
     /// TLS (the server's certificate and, for mutual TLS, the CAs clients' certificates must
     /// chain to); `nil`, the default, serves plaintext HTTP/2.
     public var tls: TLS?
+    /// Whether PINGs a client sends after real traffic are answered in front of swift-nio-http2,
+    /// so that grpc-go clients (which ping with nearly every response) are not disconnected every
+    /// ~200 calls by its control-frame limit (`TrafficPingResponder`). On by default.
+    public var answersTrafficPings: Bool
 
     /// A configuration for `name` on 127.0.0.1 with a port the system picks, weight 1, no group,
-    /// a 5 s register timeout, a 1 s drain delay, the health service on and no TLS; then
+    /// a 5 s register timeout, a 1 s drain delay, the health service on, no TLS and traffic PINGs
+    /// answered; then
     /// `configure`.
     public init(name: String, _ configure: (inout Self) -> Void = { _ in }) {
       self.name = name
@@ -60,6 +65,7 @@ extension RegisteredServer {
       self.drainDelay = .seconds(1)
       self.servesHealth = true
       self.tls = nil
+      self.answersTrafficPings = true
       configure(&self)
     }
   }

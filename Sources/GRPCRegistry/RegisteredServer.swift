@@ -148,9 +148,12 @@ public final class RegisteredServer: Service, Sendable {
 
   private func serve() async throws {
     let bindAddress = try self.bindAddress()
+    var transportConfig = HTTP2ServerTransport.Posix.Config.defaults()
+    if self.config.answersTrafficPings { transportConfig.answerTrafficPings() }
     let transport = HTTP2ServerTransport.Posix(
       address: bindAddress,
-      transportSecurity: self.config.tls?.transportSecurity ?? .plaintext
+      transportSecurity: self.config.tls?.transportSecurity ?? .plaintext,
+      config: transportConfig
     )
     let health = HealthService()
     var services = self.makeServices(self)

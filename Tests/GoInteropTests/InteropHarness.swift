@@ -59,12 +59,20 @@ func withServer<R: Sendable>(
 }
 
 /// Runs `body` with a Swift server of `UserMesService` and `InteropTest`; passes its address.
-func withSwiftServer<R: Sendable>(_ body: (String) async throws -> R) async throws -> R {
+/// The server is grpc-swift's stock `HTTP2ServerTransport.Posix`, with `TrafficPingResponder`
+/// installed if `answeringTrafficPings`.
+func withSwiftServer<R: Sendable>(
+  answeringTrafficPings: Bool = false,
+  _ body: (String) async throws -> R
+) async throws -> R {
   let name = NameBox()
+  var config = HTTP2ServerTransport.Posix.Config.defaults()
+  if answeringTrafficPings { config.answerTrafficPings() }
   let server = GRPCServer(
     transport: HTTP2ServerTransport.Posix(
       address: .ipv4(host: "127.0.0.1", port: 0),
-      transportSecurity: .plaintext
+      transportSecurity: .plaintext,
+      config: config
     ),
     services: [
       UserDirectory(name: { name.value }),
