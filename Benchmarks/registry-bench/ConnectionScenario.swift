@@ -2,6 +2,7 @@ import Foundation
 import GRPCConnection
 import GRPCCore
 import GRPCNIOTransportHTTP2
+import GRPCProtobuf
 import GRPCRegistry
 import Logging
 import Synchronization
@@ -16,6 +17,10 @@ import Glibc
 /// and a grpc-go client, against a grpc-swift server and a grpc-go server, both child processes
 /// (so this process's `getrusage` delta is the Swift client's CPU alone; the Go client reports
 /// its own).
+///
+/// Clients: `ours` (a `GRPCClient` on `HTTP2Connection`), `direct` (the same connection without
+/// `GRPCClient`, see `directGetById`), `stock` and `go`. Servers: `swift`, `swiftpings` (the same
+/// with `TrafficPingResponder`, grpc-go client only) and `go`.
 ///
 /// The grpc-go side is `GoInterop/` built with Debian's Go packages (see its README); the Swift
 /// server is this executable re-run with `REGISTRY_BENCH_SERVE_SWIFT=1`.
@@ -101,7 +106,7 @@ enum ConnectionScenario {
     let calls = Self.callsPerCell
     for (serverName, address) in servers {
       for concurrency in Self.concurrencies {
-        let clients = serverName == "swiftpings" ? ["go"] : ["ours", "stock", "go"]
+        let clients = serverName == "swiftpings" ? ["go"] : ["ours", "direct", "stock", "go"]
         for client in context.ordered(clients) {
           let key = "\(serverName)_\(client)_c\(concurrency)"
           if let only = Self.onlyCells, !only.contains(key) { continue }
@@ -115,6 +120,7 @@ enum ConnectionScenario {
           default:
             cell = try await swiftClient(
               stock: client == "stock",
+              direct: client == "direct",
               address,
               calls: calls,
               concurrency: concurrency,
@@ -146,6 +152,7 @@ enum ConnectionScenario {
 
   private static func swiftClient(
     stock: Bool,
+    direct: Bool = false,
     _ address: String,
     calls: Int,
     concurrency: Int,
@@ -167,6 +174,16 @@ enum ConnectionScenario {
       var logger = Logger(label: "registry-bench.conn")
       logger.logLevel = .critical
       let transport = HTTP2Connection(target: .ipv4(host: host, port: port), logger: logger)
+      if direct {
+        return try await withThrowingTaskGroup(of: Void.self) { group in
+          group.addTask { try await transport.connect() }
+          defer { transport.beginGracefulShutdown() }
+          let request = User_GetByIdReq.with { $0.id = 1 }
+          return try await measureCalls(calls, concurrency, phase) {
+            _ = try await directGetById(transport, request)
+          }
+        }
+      }
       return try await withGRPCClient(transport: transport) {
         try await measure(User_UserMesService.Client(wrapping: $0), calls, concurrency, phase)
       }
@@ -180,7 +197,51 @@ enum ConnectionScenario {
     _ phase: Phase
   ) async throws -> Cell {
     let request = User_GetByIdReq.with { $0.id = 1 }
-    _ = try await users.getById(request)  // connected before measuring
+    return try await measureCalls(calls, concurrency, phase) {
+      _ = try await users.getById(request)
+    }
+  }
+
+  /// One GetById on `transport` without `GRPCClient`: the request written inline, the response
+  /// read by the caller (no interceptors, no task group, no child task writing the request). The
+  /// "direct" client of this scenario, to show what GRPCCore's per-call machinery costs on top of
+  /// the connection.
+  static func directGetById<T: ClientTransport>(
+    _ transport: T,
+    _ request: User_GetByIdReq
+  ) async throws -> User_GetByIDResp {
+    try await transport.withStream(
+      descriptor: User_UserMesService.Method.GetById.descriptor,
+      options: .defaults
+    ) { stream, _ in
+      try await stream.outbound.write(.metadata([:]))
+      try await stream.outbound.write(
+        .message(try ProtobufSerializer<User_GetByIdReq>().serialize(request))
+      )
+      await stream.outbound.finish()
+      var message: User_GetByIDResp?
+      for try await part in stream.inbound {
+        switch part {
+        case .metadata:
+          continue
+        case .message(let bytes):
+          message = try ProtobufDeserializer<User_GetByIDResp>().deserialize(bytes)
+        case .status(let status, let metadata):
+          if let error = RPCError(status: status, metadata: metadata) { throw error }
+        }
+      }
+      guard let message else { throw BenchError("GetById answered OK without a message") }
+      return message
+    }
+  }
+
+  private static func measureCalls(
+    _ calls: Int,
+    _ concurrency: Int,
+    _ phase: Phase,
+    _ call: @escaping @Sendable () async throws -> Void
+  ) async throws -> Cell {
+    try await call()  // connected before measuring
     let next = Counter()
     let cpuStart = processCPUSeconds()
     let start = ContinuousClock.now
@@ -192,7 +253,7 @@ enum ConnectionScenario {
           while next.next() < calls, phase.isOpen {
             let callStart = ContinuousClock.now
             do {
-              _ = try await users.getById(request)
+              try await call()
             } catch {
               failed += 1
             }
