@@ -138,6 +138,23 @@ enum ConnectionScenario {
         }
       }
     }
+    // How often each Swift server drops one sequential grpc-go client (`go-interop reconnect`).
+    for (serverName, address) in servers where serverName != "go" {
+      let key = "\(serverName)_go_reconnect"
+      if let only = Self.onlyCells, !only.contains(key) { continue }
+      Report.progress("conn: 3000 sequential grpc-go calls -> \(serverName) server, counting drops")
+      let output = try await Child.run(
+        goBinary,
+        ["reconnect", "-target", address, "-calls", "3000"]
+      )
+      struct Reconnects: Decodable {
+        var failures: Int
+        var connection_drops: Int
+      }
+      let report = try JSONDecoder().decode(Reconnects.self, from: Data(output.utf8))
+      metrics.set("\(key)_drops_per_3000", report.connection_drops)
+      metrics.set("\(key)_failed", report.failures)
+    }
     return metrics
   }
 
