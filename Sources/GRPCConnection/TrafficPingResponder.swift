@@ -17,11 +17,18 @@ import NIOHTTP2
 /// no traffic, which `NIOHTTP2Handler` answers and counts as before: a peer that sends PINGs
 /// without doing anything else is still disconnected after 200 of them in 30 s, while a peer that
 /// pings once per exchange, as grpc-go does, is never counted. Each answered PING needs a frame of
-/// traffic before it, so a peer cannot get more than one answer per frame it sends.
+/// traffic before it, so a peer cannot get more than one answer per frame it sends, and while the
+/// connection is not writable (a peer that does not read its answers) every PING goes to
+/// `NIOHTTP2Handler`, whose limit and bounded buffer then apply: the answers written here can
+/// never pile up beyond the channel's write buffer.
+///
+/// The PINGs answered here also bypass grpc-swift's keepalive policy for clients
+/// (`too_many_pings`), which is what grpc-go's BDP pings need; a ping flood is bounded by the
+/// rules above.
 ///
 /// Add it directly before `NIOHTTP2Handler` (after any TLS handler) on a server connection, before
 /// the connection reads its first byte: ``install(in:)``.
-public final class TrafficPingResponder: ChannelInboundHandler, RemovableChannelHandler {
+public final class TrafficPingResponder: ChannelInboundHandler {
   public typealias InboundIn = ByteBuffer
   public typealias InboundOut = ByteBuffer
   public typealias OutboundOut = IOData
@@ -40,26 +47,48 @@ public final class TrafficPingResponder: ChannelInboundHandler, RemovableChannel
   private var sawTraffic = false
   private var wroteAcks = false
 
-  /// PINGs answered here rather than by `NIOHTTP2Handler`.
-  public private(set) var answered = 0
-
   public init() {}
 
   /// Adds a responder directly before the pipeline's `NIOHTTP2Handler`. Call it on the channel's
   /// event loop, before the channel reads (for a grpc-swift server, from the transport's
   /// `onAcceptTCPConnection` callback, which runs there after the pipeline is built).
+  /// Does nothing if the pipeline has one already.
   public static func install(in pipeline: ChannelPipeline.SynchronousOperations) throws {
+    if (try? pipeline.handler(type: TrafficPingResponder.self)) != nil { return }
     let http2 = try pipeline.handler(type: NIOHTTP2Handler.self)
     try pipeline.addHandler(TrafficPingResponder(), position: .before(http2))
   }
 
   public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
     var input = self.unwrapInboundIn(data)
-    if var partial = self.partial {
+    // Complete a held header or PING with at most the bytes it can need from this read (the rest
+    // of the read is scanned, and passed on, as it is, without copying it). Each round takes at
+    // least one byte, and a round that leaves bytes over either ran out of input or ended with
+    // the start of another frame.
+    while var partial = self.partial {
       self.partial = nil
-      partial.writeBuffer(&input)
-      input = partial
+      let wanted = Self.frameHeaderLength + Self.pingPayloadLength - partial.readableBytes
+      if var head = input.readSlice(length: min(wanted, input.readableBytes)) {
+        partial.writeBuffer(&head)
+      }
+      self.scan(&partial, context: context)
+      if partial.readableBytes > 0 {
+        guard input.readableBytes > 0 else {
+          self.hold(partial, context: context)
+          return
+        }
+        self.partial = partial
+      }
     }
+    self.scan(&input, context: context)
+    if input.readableBytes > 0 {
+      self.hold(input, context: context)
+    }
+  }
+
+  /// Passes on or answers everything in `input` up to an incomplete frame header or PING at its
+  /// end, which is left unread.
+  private func scan(_ input: inout ByteBuffer, context: ChannelHandlerContext) {
     // Bytes from `passStart` to the reader index are passed on as one slice.
     var passStart = input.readerIndex
     scan: while input.readableBytes > 0 {
@@ -86,7 +115,7 @@ public final class TrafficPingResponder: ChannelInboundHandler, RemovableChannel
       let length = Int(lengthHigh) << 16 | Int(lengthLow)
 
       let isPing = type == 0x6 && flags & 0x1 == 0 && length == Self.pingPayloadLength
-      if isPing && streamID & 0x7FFF_FFFF == 0 && self.sawTraffic {
+      if isPing && streamID & 0x7FFF_FFFF == 0 && self.sawTraffic && context.channel.isWritable {
         guard input.readableBytes >= Self.frameHeaderLength + Self.pingPayloadLength else {
           break scan
         }
@@ -109,10 +138,16 @@ public final class TrafficPingResponder: ChannelInboundHandler, RemovableChannel
       self.payloadRemaining = length
     }
     self.pass(input, from: passStart, context: context)
-    if input.readableBytes > 0 {
-      // An incomplete frame header or PING: kept until the rest arrives (at most 16 bytes).
-      self.partial = input.readSlice(length: input.readableBytes)
-    }
+  }
+
+  /// Keeps an incomplete frame header or PING (at most 16 bytes) until the rest arrives, in a
+  /// buffer of its own so that the read it came from is not kept alive.
+  private func hold(_ bytes: ByteBuffer, context: ChannelHandlerContext) {
+    var copy = context.channel.allocator.buffer(
+      capacity: Self.frameHeaderLength + Self.pingPayloadLength
+    )
+    copy.writeImmutableBuffer(bytes)
+    self.partial = copy
   }
 
   public func channelReadComplete(context: ChannelHandlerContext) {
@@ -148,6 +183,5 @@ public final class TrafficPingResponder: ChannelInboundHandler, RemovableChannel
     // frame written here always lands between two of its frames.
     context.write(self.wrapOutboundOut(.byteBuffer(frame)), promise: nil)
     self.wroteAcks = true
-    self.answered += 1
   }
 }

@@ -11,7 +11,7 @@ extension HTTP2ServerTransport.Posix.Config {
   /// reach `NIOHTTP2Handler` and its limit, so a peer that only pings is still disconnected.
   /// ``RegisteredServer`` does this unless ``RegisteredServer/Config/answersTrafficPings`` is off;
   /// call it for a `GRPCServer` you build yourself. It chains with an `onAcceptTCPConnection`
-  /// callback set before it (which runs first).
+  /// callback set before it (which runs first); calling it twice installs one responder.
   public mutating func answerTrafficPings() {
     let previous = self.channelDebuggingCallbacks.onAcceptTCPConnection
     self.channelDebuggingCallbacks.onAcceptTCPConnection = { channel in
@@ -22,7 +22,8 @@ extension HTTP2ServerTransport.Posix.Config {
           try TrafficPingResponder.install(in: channel.pipeline.syncOperations)
         }
       }
-      return previous(channel).flatMapThrowing {
+      // (The previous callback's future may complete on another event loop.)
+      return previous(channel).hop(to: channel.eventLoop).flatMapThrowing {
         try TrafficPingResponder.install(in: channel.pipeline.syncOperations)
       }
     }

@@ -114,4 +114,138 @@ struct TrafficPingResponderTests {
       #expect(split.written == expected.written, "cut at \(cut)")
     }
   }
+
+  @Test("while the connection is not writable, PINGs go to NIOHTTP2Handler instead")
+  func unwritable() throws {
+    let channel = EmbeddedChannel()
+    try channel.pipeline.syncOperations.addHandler(TrafficPingResponder())
+    channel.isWritable = false
+    let input = Self.preface + Self.settings + Self.headers + Self.ping(5)
+    try channel.writeInbound(ByteBuffer(bytes: input))
+    var passed: [UInt8] = []
+    while let buffer = try channel.readInbound(as: ByteBuffer.self) {
+      passed += Array(buffer.readableBytesView)
+    }
+    #expect(passed == input)
+    #expect(try channel.readOutbound(as: IOData.self) == nil)
+    _ = try channel.finish()
+  }
+
+  /// A reference for what the responder does, frame by frame, on a whole input.
+  static func model(_ frames: [[UInt8]]) -> (passed: [UInt8], written: [UInt8]) {
+    var passed = Self.preface
+    var written: [UInt8] = []
+    var sawTraffic = false
+    for frame in frames {
+      let type = frame[3]
+      let length = Int(frame[0]) << 16 | Int(frame[1]) << 8 | Int(frame[2])
+      let stream =
+        (UInt32(frame[5]) << 24 | UInt32(frame[6]) << 16 | UInt32(frame[7]) << 8
+          | UInt32(frame[8])) & 0x7FFF_FFFF
+      if type == 0x6 && frame[4] & 0x1 == 0 && length == 8 && stream == 0 && sawTraffic {
+        written += Self.frame(type: 0x6, flags: 0x1, payload: Array(frame[9...]))
+        sawTraffic = false
+        continue
+      }
+      if [0x0, 0x1, 0x3, 0x8, 0x9].contains(type) { sawTraffic = true }
+      passed += frame
+    }
+    return (passed, written)
+  }
+
+  @Test("random frames split at random: the same bytes and answers as the frame-by-frame model")
+  func randomized() throws {
+    var generator = SystemRandomNumberGenerator()
+    for _ in 0 ..< 200 {
+      var frames: [[UInt8]] = []
+      for _ in 0 ..< Int.random(in: 1 ... 30, using: &generator) {
+        let marker = UInt8.random(in: 0 ... 255, using: &generator)
+        switch Int.random(in: 0 ... 9, using: &generator) {
+        case 0 ... 3: frames.append(Self.ping(marker))
+        case 4: frames.append(Self.pingAck(marker))
+        case 5:  // a PING-like frame that is not a valid PING: other length or a stream
+          frames.append(
+            Bool.random(using: &generator)
+              ? Self.frame(type: 0x6, payload: [marker, 1, 2])
+              : Self.frame(type: 0x6, stream: 1, payload: [marker, 1, 2, 3, 4, 5, 6, 7])
+          )
+        case 6: frames.append(Self.settings)
+        default:
+          let type = [UInt8(0x0), 0x1, 0x3, 0x8, 0x9, 0x2, 0x7, 0x20].randomElement(
+            using: &generator
+          )!
+          let size = Int.random(in: 0 ... 3_000, using: &generator)
+          frames.append(
+            Self.frame(type: type, stream: 3, payload: Array(repeating: marker, count: size))
+          )
+        }
+      }
+      let input = Self.preface + frames.joined()
+      var reads: [Int] = []
+      var covered = 0
+      while covered < input.count {
+        let size = Int.random(in: 1 ... 40, using: &generator)
+        reads.append(size)
+        covered += size
+      }
+      let expected = Self.model(frames)
+      let actual = try Self.run(input, reads: reads)
+      #expect(actual.passed == expected.passed)
+      #expect(actual.written == expected.written)
+      if actual.passed != expected.passed || actual.written != expected.written { return }
+    }
+  }
+
+  /// With swift-nio-http2's server handler behind it: PINGs that follow traffic are answered and
+  /// never counted; PINGs alone still trip swift-nio-http2's limit.
+  @Test(
+    "in front of NIOHTTP2Handler: 300 PINGs after traffic pass, 250 PINGs alone still get GOAWAY"
+  )
+  func withNIOHTTP2Handler() throws {
+    func serve(_ frames: [[UInt8]]) throws -> (acks: Int, goAwayCodes: [UInt32]) {
+      let channel = EmbeddedChannel()
+      try channel.pipeline.syncOperations.addHandler(NIOHTTP2Handler(mode: .server))
+      try TrafficPingResponder.install(in: channel.pipeline.syncOperations)
+      try TrafficPingResponder.install(in: channel.pipeline.syncOperations)  // no second one
+      try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+      for chunk in [Self.preface + Self.frame(type: 0x4, payload: [])] + frames {
+        // NIOHTTP2Handler reports the flood as an error after sending GOAWAY.
+        _ = try? channel.writeInbound(ByteBuffer(bytes: chunk))
+        channel.pipeline.fireChannelReadComplete()
+      }
+      var written: [UInt8] = []
+      while let data = try channel.readOutbound(as: IOData.self) {
+        if case .byteBuffer(let buffer) = data { written += Array(buffer.readableBytesView) }
+      }
+      _ = try? channel.finish()
+      var acks = 0
+      var codes: [UInt32] = []
+      var index = 0
+      while index + 9 <= written.count {
+        let length =
+          Int(written[index]) << 16 | Int(written[index + 1]) << 8 | Int(written[index + 2])
+        let type = written[index + 3]
+        let flags = written[index + 4]
+        if type == 0x6 && flags & 0x1 == 1 { acks += 1 }
+        if type == 0x7 && index + 17 <= written.count {
+          let code = written[(index + 13) ..< (index + 17)].reduce(UInt32(0)) {
+            $0 << 8 | UInt32($1)
+          }
+          codes.append(code)
+        }
+        index += 9 + length
+      }
+      return (acks, codes)
+    }
+
+    let windowUpdate = Self.frame(type: 0x8, payload: [0, 0, 0, 1])
+    let busy = try serve((0 ..< 300).map { windowUpdate + Self.ping(UInt8($0 % 256)) })
+    #expect(busy.acks == 300)
+    #expect(busy.goAwayCodes.isEmpty)
+
+    let flood = try serve((0 ..< 250).map { Self.ping(UInt8($0 % 256)) })
+    // NIOHTTP2Handler's GOAWAY (ENHANCE_YOUR_CALM); closing the connection is the transport's
+    // part, which EmbeddedChannel does not play.
+    #expect(flood.goAwayCodes.contains(0xB))
+  }
 }
