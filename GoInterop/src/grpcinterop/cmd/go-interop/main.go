@@ -8,9 +8,10 @@
 //	    and stops when stdin closes or on SIGTERM/SIGINT.
 //	go-interop bench -target host:port -calls N -concurrency C
 //	    Calls GetById N times from C goroutines over one connection; prints one JSON line.
-//	go-interop reconnect -target host:port -calls N
+//	go-interop reconnect -target host:port -calls N [-stream M]
 //	    Calls GetById N times, one at a time, and counts failed calls and reconnects; prints
-//	    one JSON line.
+//	    one JSON line. With -stream M, each call is instead a List streaming M messages back,
+//	    all of which are read.
 package main
 
 import (
@@ -267,13 +268,40 @@ func reconnect(args []string) {
 	flags := flag.NewFlagSet("reconnect", flag.ExitOnError)
 	target := flags.String("target", "", "host:port of the server")
 	calls := flags.Int("calls", 2000, "number of calls")
+	streamed := flags.Int("stream", 0, "messages per call of a server-streaming List (0: unary GetById)")
 	flags.Parse(args)
-	if *target == "" || *calls < 1 {
-		fail("reconnect needs -target and -calls >= 1")
+	if *target == "" || *calls < 1 || *streamed < 0 {
+		fail("reconnect needs -target, -calls >= 1 and -stream >= 0")
 	}
 	conn := dial(*target)
 	defer conn.Close()
 	client := user.NewUserMesServiceClient(conn)
+	lists := interop.NewInteropTestClient(conn)
+	call := func(ctx context.Context, i int) error {
+		if *streamed == 0 {
+			_, err := client.GetById(ctx, &user.GetByIdReq{Id: int64(i)})
+			return err
+		}
+		stream, err := lists.List(ctx, &user.GetByIdReq{Id: int64(*streamed)})
+		if err != nil {
+			return err
+		}
+		received := 0
+		for {
+			_, err := stream.Recv()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				return err
+			}
+			received++
+		}
+		if received != *streamed {
+			return fmt.Errorf("List streamed %d messages, want %d", received, *streamed)
+		}
+		return nil
+	}
 
 	// Counts every time the connection leaves READY (a GOAWAY or a reset connection).
 	var dropped int64
@@ -310,7 +338,7 @@ func reconnect(args []string) {
 	start := time.Now()
 	for i := 1; i <= *calls; i++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		_, err := client.GetById(ctx, &user.GetByIdReq{Id: int64(i)})
+		err := call(ctx, i)
 		cancel()
 		if err != nil {
 			failures++
