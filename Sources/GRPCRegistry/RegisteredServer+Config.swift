@@ -49,8 +49,7 @@ extension RegisteredServer {
 
     /// A configuration for `name` on 127.0.0.1 with a port the system picks, weight 1, no group,
     /// a 5 s register timeout, a 1 s drain delay, the health service on, no TLS and traffic PINGs
-    /// answered; then
-    /// `configure`.
+    /// answered; then `configure`.
     public init(name: String, _ configure: (inout Self) -> Void = { _ in }) {
       self.name = name
       self.host = "127.0.0.1"

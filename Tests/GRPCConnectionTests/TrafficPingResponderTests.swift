@@ -37,12 +37,16 @@ struct TrafficPingResponderTests {
   }
   static func pingAck(_ marker: UInt8) -> [UInt8] { ping(marker, ack: true) }
 
-  /// Feeds `input` to a responder in reads of the given sizes (the rest in one read); returns the
-  /// bytes it passed on and the bytes it wrote back.
-  static func run(_ input: [UInt8], reads: [Int] = []) throws -> (passed: [UInt8], written: [UInt8])
-  {
+  /// Feeds `input` to a responder in reads of the given sizes (the rest in one read), on a
+  /// channel that is writable or not; returns the bytes it passed on and the bytes it wrote back.
+  static func run(
+    _ input: [UInt8],
+    reads: [Int] = [],
+    writable: Bool = true
+  ) throws -> (passed: [UInt8], written: [UInt8]) {
     let channel = EmbeddedChannel()
     try channel.pipeline.syncOperations.addHandler(TrafficPingResponder())
+    channel.isWritable = writable
     var offset = 0
     var sizes = reads
     while offset < input.count {
@@ -55,16 +59,22 @@ struct TrafficPingResponderTests {
     while let buffer = try channel.readInbound(as: ByteBuffer.self) {
       passed += Array(buffer.readableBytesView)
     }
+    let written = try Self.outboundBytes(channel)
+    _ = try channel.finish()
+    return (passed, written)
+  }
+
+  /// Everything written to `channel` so far, as bytes.
+  static func outboundBytes(_ channel: EmbeddedChannel) throws -> [UInt8] {
     var written: [UInt8] = []
     while let data = try channel.readOutbound(as: IOData.self) {
       guard case .byteBuffer(let buffer) = data else {
-        Issue.record("the responder wrote a file region")
+        Issue.record("a file region was written")
         continue
       }
       written += Array(buffer.readableBytesView)
     }
-    _ = try channel.finish()
-    return (passed, written)
+    return written
   }
 
   @Test("a PING after real traffic is answered with its payload and not passed on")
@@ -117,18 +127,10 @@ struct TrafficPingResponderTests {
 
   @Test("while the connection is not writable, PINGs go to NIOHTTP2Handler instead")
   func unwritable() throws {
-    let channel = EmbeddedChannel()
-    try channel.pipeline.syncOperations.addHandler(TrafficPingResponder())
-    channel.isWritable = false
     let input = Self.preface + Self.settings + Self.headers + Self.ping(5)
-    try channel.writeInbound(ByteBuffer(bytes: input))
-    var passed: [UInt8] = []
-    while let buffer = try channel.readInbound(as: ByteBuffer.self) {
-      passed += Array(buffer.readableBytesView)
-    }
+    let (passed, written) = try Self.run(input, writable: false)
     #expect(passed == input)
-    #expect(try channel.readOutbound(as: IOData.self) == nil)
-    _ = try channel.finish()
+    #expect(written.isEmpty)
   }
 
   /// A reference for what the responder does, frame by frame, on a whole input.
@@ -213,10 +215,7 @@ struct TrafficPingResponderTests {
         _ = try? channel.writeInbound(ByteBuffer(bytes: chunk))
         channel.pipeline.fireChannelReadComplete()
       }
-      var written: [UInt8] = []
-      while let data = try channel.readOutbound(as: IOData.self) {
-        if case .byteBuffer(let buffer) = data { written += Array(buffer.readableBytesView) }
-      }
+      let written = try Self.outboundBytes(channel)
       _ = try? channel.finish()
       var acks = 0
       var codes: [UInt32] = []
