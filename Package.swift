@@ -225,6 +225,15 @@ let package = Package(
       dependencies: ["RegistryCore", "RegistryTesting"],
       swiftSettings: strictSettings
     ),
+    // The etcd client's protocol state machines, driven event by event: no etcd, no sockets.
+    .testTarget(
+      name: "EtcdTests",
+      dependencies: [
+        "Etcd",
+        .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+      ],
+      swiftSettings: strictSettings
+    ),
     .testTarget(
       name: "GRPCConnectionTests",
       dependencies: [

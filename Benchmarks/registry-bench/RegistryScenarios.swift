@@ -1,5 +1,6 @@
 import Etcd
 import EtcdRegistry
+import Foundation
 import Logging
 import RegistryCore
 
@@ -26,6 +27,14 @@ enum RegistryScenarios {
     summary: "instances(of:) at 1, 100, 1,000 and 10,000 instances, vs a raw prefix get"
   ) { context in
     try await RegistryScenarios.instances(context)
+  }
+
+  static let bigService = Scenario(
+    name: "big",
+    summary:
+      "a service of 100,000 instances (past the 4 MiB response cap): instances(of:), a watch's first snapshot, getAll"
+  ) { context in
+    try await RegistryScenarios.bigService(context)
   }
 
   static let registrationRate = Scenario(
@@ -230,6 +239,65 @@ enum RegistryScenarios {
           metrics.latency(mode == "registry" ? "instances_\(label)" : "raw_get_\(label)", latencies)
         }
       }
+      return metrics
+    }
+  }
+
+  // MARK: big
+
+  /// Writes `REGISTRY_BENCH_BIG_INSTANCES` (100,000) instances of one service directly (no
+  /// lease), then times `instances(of:)`, the first snapshot of a new watch (the same paged
+  /// listing plus the watch's creation) and the raw paged read `getAll` they make.
+  static func bigService(_ context: BenchContext) async throws -> Metrics {
+    let count =
+      ProcessInfo.processInfo.environment["REGISTRY_BENCH_BIG_INSTANCES"].flatMap(Int.init)
+      ?? 100_000
+    let prefix = context.prefix("big")
+    let keyspace = try RegistryKeyspace(prefix: prefix)
+    let configuration = context.registry(prefix: prefix)
+    return try await withRegistries(1, configuration: configuration, logger: context.logger) {
+      registries in
+      let registry = registries[0]
+      let service = "bench-big"
+      var metrics = Metrics()
+      let writeStart = ContinuousClock.now
+      try await populate(
+        registry.client,
+        keyspace: keyspace,
+        service: service,
+        count: count,
+        phase: Phase(deadline: .now + .seconds(600))
+      )
+      metrics.set("write_s", (ContinuousClock.now - writeStart).seconds)
+      var listings: [Duration] = []
+      var snapshots: [Duration] = []
+      var raw: [Duration] = []
+      for _ in 0 ..< 5 {
+        var begin = ContinuousClock.now
+        let listed = try await registry.instances(of: service)
+        listings.append(ContinuousClock.now - begin)
+        guard listed.count == count else {
+          throw BenchError("instances(of:) returned \(listed.count), expected \(count)")
+        }
+        begin = ContinuousClock.now
+        for try await event in registry.watch(service) {
+          guard case .snapshot(let snapshot) = event, snapshot.instances.count == count else {
+            throw BenchError("the watch's first event was not the full snapshot: \(event)")
+          }
+          break
+        }
+        snapshots.append(ContinuousClock.now - begin)
+        begin = ContinuousClock.now
+        let all = try await registry.client.getAll(.prefix(keyspace.servicePrefix(service)))
+        raw.append(ContinuousClock.now - begin)
+        guard all.kvs.count == count else {
+          throw BenchError("getAll returned \(all.kvs.count), expected \(count)")
+        }
+      }
+      metrics.set("instances", Double(count))
+      metrics.latency("instances_of", listings)
+      metrics.latency("watch_first_snapshot", snapshots)
+      metrics.latency("raw_get_all", raw)
       return metrics
     }
   }

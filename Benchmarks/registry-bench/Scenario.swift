@@ -32,6 +32,7 @@ struct Scenario: Sendable {
     ConnectionScenario.scenario,
   ]
 
-  /// Scenarios that run only when `--only` names them (soak runs for `--minutes`).
-  static let optIn: [Scenario] = [GRPCScenarios.soak]
+  /// Scenarios that run only when `--only` names them (soak runs for `--minutes`; big writes
+  /// 100,000 instances).
+  static let optIn: [Scenario] = [GRPCScenarios.soak, RegistryScenarios.bigService]
 }

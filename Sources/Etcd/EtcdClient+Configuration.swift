@@ -15,10 +15,22 @@ extension EtcdClient {
     public var connectTimeout: Duration
     /// The deadline of each unary request, failovers included.
     public var requestTimeout: Duration
-    /// HTTP/2 keep-alive pings on idle connections, so a dead peer is noticed; `nil` for none.
+    /// HTTP/2 keep-alive pings on connections whose streams (watches) have been quiet this long,
+    /// so a member that stopped answering is noticed; `nil` for none. etcd refuses pings more
+    /// frequent than its `--grpc-keepalive-min-time` (5 s by default) with GOAWAY.
     public var keepAliveInterval: Duration?
-    /// How long a keep-alive ping may go unanswered before the connection is closed.
+    /// How long a keep-alive ping may go unanswered before the connection is closed and its
+    /// streams move to the next endpoint.
     public var keepAliveTimeout: Duration
+    /// How long a member may leave a request unanswered, with no other sign of life on its
+    /// connection, before the client treats it as down.
+    ///
+    /// After a third of it the connection sends a PING; a member that is alive answers at once
+    /// however busy it is, while one that hangs (stopped, partitioned, stalled on its disk)
+    /// does not, and at the end of it the connection is closed: its requests fail over to the
+    /// next endpoint well before their deadlines. Lease renewals use the shorter of this and a
+    /// sixth of the lease's TTL, so a lease moves to a healthy member with half its TTL left.
+    public var silenceTimeout: Duration
     /// TLS towards etcd; `nil` for plain TCP.
     public var tls: TLS?
     /// User name and password, when etcd has auth enabled.
@@ -28,14 +40,16 @@ extension EtcdClient {
     /// address book, and registrations should be back within a second or two of its return.
     public var retryBackoff: Backoff
 
-    /// A local etcd at `127.0.0.1:2379`, 5 s timeouts, no TLS, no auth.
+    /// A local etcd at `127.0.0.1:2379`, 5 s request timeout, 2 s connect timeout, a silent
+    /// member given up after 1.5 s, no TLS, no auth.
     public static var defaults: Self {
       Self(
         endpoints: ["127.0.0.1:2379"],
-        connectTimeout: .seconds(5),
+        connectTimeout: .seconds(2),
         requestTimeout: .seconds(5),
-        keepAliveInterval: .seconds(10),
-        keepAliveTimeout: .seconds(5),
+        keepAliveInterval: .seconds(5),
+        keepAliveTimeout: .seconds(2),
+        silenceTimeout: .milliseconds(1500),
         tls: nil,
         credentials: nil,
         retryBackoff: .defaults
@@ -56,6 +70,7 @@ extension EtcdClient {
       requestTimeout: Duration,
       keepAliveInterval: Duration?,
       keepAliveTimeout: Duration,
+      silenceTimeout: Duration = .milliseconds(1500),
       tls: TLS?,
       credentials: Credentials?,
       retryBackoff: Backoff
@@ -65,6 +80,7 @@ extension EtcdClient {
       self.requestTimeout = requestTimeout
       self.keepAliveInterval = keepAliveInterval
       self.keepAliveTimeout = keepAliveTimeout
+      self.silenceTimeout = silenceTimeout
       self.tls = tls
       self.credentials = credentials
       self.retryBackoff = retryBackoff

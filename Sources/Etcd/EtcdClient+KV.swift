@@ -32,6 +32,68 @@ extension EtcdClient {
     return EtcdGetResult(response)
   }
 
+  /// Reads a whole range in pages of at most `pageSize` keys, every page at the revision of the
+  /// first, so the result is one consistent snapshot however many pages it takes.
+  ///
+  /// A range too big for one response (each response is capped, 4 MiB by default) is read
+  /// this way; ``get(_:options:)`` of the same range fails with `responseTooLarge`. A page
+  /// that still exceeds the cap (large values) is asked for again with half as many keys. When
+  /// the snapshot's revision is compacted before the last page, the read starts over at the
+  /// current revision.
+  ///
+  /// ```swift
+  /// let all = try await etcd.getAll(.prefix("/micro/user-server/"))
+  /// print(all.kvs.count, "keys at revision", all.header.revision)
+  /// ```
+  ///
+  /// - Parameters:
+  ///   - range: The keys to read.
+  ///   - pageSize: The most keys per request (at least 1).
+  /// - Returns: Every key in the range in key order, the first page's header (its revision is
+  ///   the snapshot's), `count` the number of keys, `more` false.
+  /// - Throws: ``EtcdError`` as ``get(_:options:)``.
+  public func getAll(_ range: EtcdKeyRange, pageSize: Int = 1000) async throws -> EtcdGetResult {
+    try range.validate("get")
+    var restarts = 0
+    while true {
+      do {
+        return try await self.readPages(range, pageSize: max(pageSize, 1))
+      } catch let error as EtcdError where error.code == .compacted && restarts < 3 {
+        restarts += 1
+      }
+    }
+  }
+
+  private func readPages(_ range: EtcdKeyRange, pageSize: Int) async throws -> EtcdGetResult {
+    var options = EtcdGetOptions()
+    options.limit = Int64(pageSize)
+    var pageRange = range
+    var result: EtcdGetResult?
+    while true {
+      let page: EtcdGetResult
+      do {
+        page = try await self.get(pageRange, options: options)
+      } catch let error as EtcdError where error.code == .responseTooLarge && options.limit > 1 {
+        options.limit = max(options.limit / 2, 1)
+        continue
+      }
+      if result == nil {
+        result = page
+        // Every later page reads the snapshot the first one saw.
+        options.revision = page.header.revision
+      } else {
+        result?.kvs += page.kvs
+      }
+      guard page.more, let last = page.kvs.last else { break }
+      // The next key after `last` in byte order is `last` followed by a zero byte.
+      pageRange.key = last.key + [0]
+    }
+    guard var all = result else { throw EtcdError.shutDown() }
+    all.count = Int64(all.kvs.count)
+    all.more = false
+    return all
+  }
+
   /// Reads one key; `nil` when it does not exist.
   public func get(_ key: String) async throws -> EtcdKeyValue? {
     try await self.get(.key(key)).kvs.first

@@ -171,7 +171,11 @@ public final class EtcdClient: Service, Sendable {
     while true {
       let (index, endpoint) = self.pickEndpoint()
       do {
-        let metadata = authenticated ? try await self.auth.metadata(for: self) : [:]
+        var metadata = authenticated ? try await self.auth.metadata(for: self) : [:]
+        // etcd's require-leader flag: a member without a leader (cut off from its peers, or in
+        // a cluster that lost quorum) answers `unavailable` at once instead of holding the
+        // request, and the request moves to the next endpoint.
+        metadata.addString("true", forKey: Self.requireLeaderKey)
         do {
           // The connection enforces the deadline (not `CallOptions.timeout`, whose cancelled
           // sleep the Swift runtime keeps for the whole timeout: see `withCallDeadline`).
@@ -222,6 +226,16 @@ public final class EtcdClient: Service, Sendable {
         throw etcdError
       }
     }
+  }
+
+  /// etcd's metadata key for "fail if this member has no leader" (value `true`).
+  static let requireLeaderKey = "hasleader"
+
+  /// Closes the connection to the endpoint at `index` (its streams fail and move on) and moves
+  /// requests to the next endpoint: the member stopped answering.
+  func abandon(endpoint index: Int, reason: String) {
+    self.endpoints[index].connection.closeConnections(reason: reason)
+    self.failover(from: index)
   }
 
   static func isRetryable(_ error: RPCError) -> Bool {
@@ -285,12 +299,20 @@ final class Endpoint: Sendable {
       jitter: configuration.retryBackoff.jitter
     )
     if let interval = configuration.keepAliveInterval {
+      // Only while streams are open: etcd counts pings on a connection without streams
+      // against its keep-alive policy, and there is nothing to detect there.
       config.keepalive = .init(
         interval: interval,
         timeout: configuration.keepAliveTimeout,
-        permitWithoutCalls: true
+        permitWithoutCalls: false
       )
     }
+    // A request waiting on a member that went silent fails as `unavailable` and fails over.
+    config.stallDetection = .init(
+      silence: configuration.silenceTimeout / 3,
+      pingTimeout: configuration.silenceTimeout * 2 / 3,
+      closesConnection: true
+    )
     if let tls = configuration.tls {
       config.tls = .defaults {
         if let ca = tls.caCertificatePath { $0.trustRoots = .certificates(.file(path: ca)) }

@@ -43,7 +43,7 @@ public struct EtcdError: Error, Hashable, Sendable {
   public struct Code: Hashable, Sendable, CustomStringConvertible {
     private enum Value: String, Hashable, Sendable {
       case unavailable, timeout, compacted, leaseNotFound, permissionDenied, authFailed
-      case invalidArgument, shutdown, canceled, storeReplaced, internalError
+      case invalidArgument, shutdown, canceled, storeReplaced, internalError, responseTooLarge
     }
 
     private let value: Value
@@ -69,6 +69,9 @@ public struct EtcdError: Error, Hashable, Sendable {
     public static var canceled: Self { Self(.canceled) }
     /// etcd's store was replaced (wiped, or restored from a backup): its revision went backwards.
     public static var storeReplaced: Self { Self(.storeReplaced) }
+    /// A response was larger than the client accepts in one message (4 MiB by default): read
+    /// big ranges in pages with ``EtcdClient/getAll(_:pageSize:)``.
+    public static var responseTooLarge: Self { Self(.responseTooLarge) }
     /// An unexpected answer or state; a bug here or in the server.
     public static var internalError: Self { Self(.internalError) }
 
@@ -147,6 +150,12 @@ extension EtcdError {
       self.init(
         code: .compacted,
         message: "\(at): \(text); re-read the current state and continue from its revision",
+        cause: error
+      )
+    case .resourceExhausted where text.contains("The server sent a message of"):
+      self.init(
+        code: .responseTooLarge,
+        message: "\(at): \(text); read the range in pages (getAll, or a smaller limit)",
         cause: error
       )
     case .invalidArgument, .outOfRange, .failedPrecondition, .resourceExhausted:

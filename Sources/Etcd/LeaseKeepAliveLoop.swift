@@ -110,12 +110,16 @@ final class LeaseKeepAliveLoop: Sendable {
         }
       }
       do {
-        let metadata = try await client.auth.metadata(for: client)
+        var metadata = try await client.auth.metadata(for: client)
+        // A member without a leader ends the stream rather than holding renewals it cannot
+        // forward (etcd's require-leader flag).
+        metadata.addString("true", forKey: EtcdClient.requireLeaderKey)
         let leases = Etcdserverpb_Lease.Client(wrapping: endpoint.client)
+        let silence = client.configuration.silenceTimeout
         let request = StreamingClientRequest<Etcdserverpb_LeaseKeepAliveRequest>(metadata: metadata)
         {
           writer in
-          try await self.sendRenewals(writer)
+          try await self.sendRenewals(writer, silenceTimeout: silence)
         }
         try await leases.leaseKeepAlive(request: request) { response in
           for try await message in response.messages {
@@ -137,7 +141,14 @@ final class LeaseKeepAliveLoop: Sendable {
             "etcd.attempt": "\(failures)",
           ]
         )
-        client.failover(from: index)
+        if let stalled = error as? RenewalUnanswered {
+          // The member holds the connection open but answers nothing (stopped, partitioned,
+          // stalled): everything on that connection moves to the next member now, not when
+          // a keep-alive PING times out.
+          client.abandon(endpoint: index, reason: stalled.description)
+        } else {
+          client.failover(from: index)
+        }
         do {
           try await Task.sleep(for: client.configuration.retryBackoff.delay(attempt: failures - 1))
         } catch {
@@ -169,15 +180,35 @@ final class LeaseKeepAliveLoop: Sendable {
     }
   }
 
+  /// How long a renewal of a lease with `ttl` may go unanswered before its member counts as
+  /// silent: a sixth of the TTL (so the lease moves with half its TTL left: a renewal goes out a
+  /// third of the TTL after the last answer), at most `silenceTimeout`, at least 200 ms.
+  static func renewalTimeout(ttl: Duration, silenceTimeout: Duration) -> Duration {
+    max(min(ttl / 6, silenceTimeout), .milliseconds(200))
+  }
+
   /// Sends a renewal for every lease that is due, then sleeps until the next is due.
-  private func sendRenewals(_ writer: RPCWriter<Etcdserverpb_LeaseKeepAliveRequest>) async throws {
+  ///
+  /// - Throws: ``RenewalUnanswered`` when a renewal has waited longer than its timeout.
+  private func sendRenewals(
+    _ writer: RPCWriter<Etcdserverpb_LeaseKeepAliveRequest>,
+    silenceTimeout: Duration
+  ) async throws {
     while !Task.isCancelled {
       let now = ContinuousClock.now
-      let (due, overdue, next) = self.state.withLock { state in
+      let (due, overdue, next, unanswered) = self.state.withLock { state in
         var due = Set<Int64>()
         var overdue: [AsyncStream<EtcdLeaseKeepAliveEvent>.Continuation] = []
         var next = now + .milliseconds(500)
+        var unanswered: RenewalUnanswered?
         for (id, var registration) in state.registrations {
+          if let sentAt = registration.sentAt {
+            let timeout = Self.renewalTimeout(ttl: registration.ttl, silenceTimeout: silenceTimeout)
+            if now - sentAt >= timeout {
+              unanswered = RenewalUnanswered(lease: registration.lease, waited: now - sentAt)
+            }
+            next = min(next, sentAt + timeout)
+          }
           if registration.nextSend <= now {
             due.insert(registration.lease)
             // A resend keeps the first send time: the latency is what etcd made us wait.
@@ -192,9 +223,10 @@ final class LeaseKeepAliveLoop: Sendable {
           next = min(next, registration.nextSend)
           state.registrations[id] = registration
         }
-        return (due, overdue, next)
+        return (due, overdue, next, unanswered)
       }
       for continuation in overdue { continuation.yield(.overdue) }
+      if let unanswered { throw unanswered }
       for lease in due {
         var request = Etcdserverpb_LeaseKeepAliveRequest()
         request.id = lease
@@ -243,5 +275,15 @@ final class LeaseKeepAliveLoop: Sendable {
         continuation.finish()
       }
     }
+  }
+}
+
+/// A lease renewal that its member left unanswered past ``LeaseKeepAliveLoop/renewalTimeout(ttl:silenceTimeout:)``.
+struct RenewalUnanswered: Error, CustomStringConvertible {
+  var lease: Int64
+  var waited: Duration
+
+  var description: String {
+    "etcd left a renewal of lease \(self.lease) unanswered for \(self.waited); the member counts as silent"
   }
 }

@@ -2,29 +2,46 @@ import GRPCCore
 import Logging
 import Synchronization
 
-import struct Foundation.Data
-
 /// Multiplexes every watch of a client on one `Watch` stream and keeps them going across stream
 /// failures: each watch resumes from the revision after the last it delivered.
+///
+/// The protocol is ``WatchStreamStateMachine``; this type runs the stream and performs its
+/// actions. Requests are written under the lock (their order is the protocol's), events are
+/// handed to iterators after it: finishing an iterator runs its `onTermination`, which cancels
+/// the watch and takes the lock.
 final class WatchMultiplexer: Sendable {
-  private struct Watcher {
-    var range: EtcdKeyRange
-    var options: EtcdWatchOptions
-    /// The next revision to deliver; 0 until etcd has told us the creation revision.
-    var nextRevision: Int64
-    var continuation: AsyncThrowingStream<EtcdWatchBatch, any Error>.Continuation
-    /// The stream generation the watcher was created on, if any.
-    var stream: UInt64?
-  }
+  private typealias Continuation = AsyncThrowingStream<EtcdWatchBatch, any Error>.Continuation
 
   private struct State {
-    var watchers: [Int64: Watcher] = [:]
-    var nextID: Int64 = 0
-    var generation: UInt64 = 0
+    var machine = WatchStreamStateMachine()
+    var continuations: [WatchStreamStateMachine.WatchID: Continuation] = [:]
     var outbound: AsyncStream<Etcdserverpb_WatchRequest>.Continuation?
-    var isShutDown = false
     var streamsOpened = 0
     var wake: CheckedContinuation<Void, Never>?
+
+    /// Writes the requests among `actions` now; returns what is left to do after the lock.
+    mutating func perform(
+      _ actions: [WatchStreamStateMachine.Action]
+    ) -> [(Continuation, Result<EtcdWatchBatch, EtcdError>)] {
+      var after: [(Continuation, Result<EtcdWatchBatch, EtcdError>)] = []
+      for action in actions {
+        switch action {
+        case .send(let request):
+          self.outbound?.yield(request)
+        case .deliver(let id, let batch):
+          if let continuation = self.continuations[id] {
+            after.append((continuation, .success(batch)))
+          }
+        case .fail(let id, let error):
+          if let continuation = self.continuations.removeValue(forKey: id) {
+            after.append((continuation, .failure(error)))
+          }
+        case .checkRevision:
+          break  // performed by the stream's reader, which awaits it
+        }
+      }
+      return after
+    }
   }
 
   private let state = Mutex(State())
@@ -42,21 +59,11 @@ final class WatchMultiplexer: Sendable {
     range: EtcdKeyRange,
     options: EtcdWatchOptions,
     continuation: AsyncThrowingStream<EtcdWatchBatch, any Error>.Continuation
-  ) -> Int64 {
+  ) -> UInt64 {
     let (id, wake) = self.state.withLock { state in
-      state.nextID += 1
-      let id = state.nextID
-      var watcher = Watcher(
-        range: range,
-        options: options,
-        nextRevision: options.startRevision,
-        continuation: continuation
-      )
-      if let outbound = state.outbound {
-        watcher.stream = state.generation
-        outbound.yield(Self.createRequest(id: id, watcher))
-      }
-      state.watchers[id] = watcher
+      let (id, actions) = state.machine.add(range, options: options)
+      state.continuations[id] = continuation
+      _ = state.perform(actions)  // only a create request
       defer { state.wake = nil }
       return (id, state.wake)
     }
@@ -64,28 +71,22 @@ final class WatchMultiplexer: Sendable {
     return id
   }
 
-  func cancel(_ id: Int64) {
+  func cancel(_ id: UInt64) {
     self.state.withLock { state in
-      guard let watcher = state.watchers.removeValue(forKey: id) else { return }
-      if let outbound = state.outbound, watcher.stream == state.generation {
-        var request = Etcdserverpb_WatchRequest()
-        var cancel = Etcdserverpb_WatchCancelRequest()
-        cancel.watchID = id
-        request.cancelRequest = cancel
-        outbound.yield(request)
-      }
+      state.continuations[id] = nil
+      _ = state.perform(state.machine.cancel(id))  // only a cancel request
     }
   }
 
   func shutdown() {
     let (watchers, wake, outbound) = self.state.withLock { state in
-      state.isShutDown = true
+      let ids = state.machine.shutdown()
       defer {
-        state.watchers = [:]
+        state.continuations = [:]
         state.wake = nil
         state.outbound = nil
       }
-      return (state.watchers.values.map(\.continuation), state.wake, state.outbound)
+      return (ids.compactMap { state.continuations[$0] }, state.wake, state.outbound)
     }
     outbound?.finish()
     for continuation in watchers { continuation.finish() }
@@ -106,21 +107,6 @@ final class WatchMultiplexer: Sendable {
     }
   }
 
-  private static func createRequest(id: Int64, _ watcher: Watcher) -> Etcdserverpb_WatchRequest {
-    var create = Etcdserverpb_WatchCreateRequest()
-    create.key = Data(watcher.range.key)
-    create.rangeEnd = Data(watcher.range.rangeEnd)
-    create.startRevision = watcher.nextRevision
-    create.prevKv = watcher.options.previousValues
-    create.progressNotify = watcher.options.progressNotify
-    create.watchID = id
-    if watcher.options.filterPuts { create.filters.append(.noput) }
-    if watcher.options.filterDeletes { create.filters.append(.nodelete) }
-    var request = Etcdserverpb_WatchRequest()
-    request.createRequest = create
-    return request
-  }
-
   private func loop(client: EtcdClient) async {
     var failures = 0
     while !Task.isCancelled {
@@ -128,16 +114,12 @@ final class WatchMultiplexer: Sendable {
       let (index, endpoint) = client.pickEndpoint()
       let (outboundStream, outbound) = AsyncStream.makeStream(of: Etcdserverpb_WatchRequest.self)
       let generation: UInt64? = self.state.withLock { state in
-        if state.isShutDown { return nil }
-        state.generation += 1
+        if state.machine.isShutDown { return nil }
         state.streamsOpened += 1
         state.outbound = outbound
-        for (id, var watcher) in state.watchers.sorted(by: { $0.key < $1.key }) {
-          watcher.stream = state.generation
-          outbound.yield(Self.createRequest(id: id, watcher))
-          state.watchers[id] = watcher
-        }
-        return state.generation
+        let (generation, actions) = state.machine.streamOpened()
+        _ = state.perform(actions)
+        return generation
       }
       guard let generation else { return }
       let received = Flag()
@@ -145,7 +127,7 @@ final class WatchMultiplexer: Sendable {
         var metadata = try await client.auth.metadata(for: client)
         // etcd's require-leader flag: a member cut off from its cluster ends the stream
         // instead of holding the watches silently.
-        metadata.addString("true", forKey: "hasleader")
+        metadata.addString("true", forKey: EtcdClient.requireLeaderKey)
         let request = StreamingClientRequest<Etcdserverpb_WatchRequest>(metadata: metadata) {
           writer in
           for await message in outboundStream {
@@ -176,7 +158,8 @@ final class WatchMultiplexer: Sendable {
         )
       }
       self.state.withLock { state in
-        if state.generation == generation { state.outbound = nil }
+        state.machine.streamClosed(generation)
+        state.outbound = nil
       }
       outbound.finish()
       failures = received.isSet ? 0 : failures + 1
@@ -193,13 +176,13 @@ final class WatchMultiplexer: Sendable {
     while true {
       if Task.isCancelled { return false }
       let ready: Bool? = self.state.withLock { state in
-        if state.isShutDown { return false }
-        return state.watchers.isEmpty ? nil : true
+        if state.machine.isShutDown { return false }
+        return state.machine.wantsStream ? true : nil
       }
       if let ready { return ready }
       await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
         let resumeNow = self.state.withLock { state in
-          if state.isShutDown || !state.watchers.isEmpty { return true }
+          if state.machine.isShutDown || state.machine.wantsStream { return true }
           state.wake = continuation
           return false
         }
@@ -208,79 +191,20 @@ final class WatchMultiplexer: Sendable {
     }
   }
 
-  private enum Action {
-    case none
-    case deliver(AsyncThrowingStream<EtcdWatchBatch, any Error>.Continuation, EtcdWatchBatch)
-    case fail(AsyncThrowingStream<EtcdWatchBatch, any Error>.Continuation, EtcdError)
-    case verifyRevision(expected: Int64, seen: Int64)
-  }
-
   private func handle(
     _ response: Etcdserverpb_WatchResponse,
     generation: UInt64,
     client: EtcdClient
   ) async throws {
-    let id = response.watchID
-    let header = EtcdResponseHeader(response.header)
-    var action = self.state.withLock { state -> Action in
-      guard var watcher = state.watchers[id], watcher.stream == generation else { return .none }
-      if response.canceled {
-        state.watchers[id] = nil
-        if response.compactRevision > 0 {
-          return .fail(
-            watcher.continuation,
-            EtcdError(
-              code: .compacted,
-              message:
-                "the watch's start revision \(watcher.nextRevision) has been compacted; re-read the current state and watch from its revision + 1",
-              compactRevision: response.compactRevision
-            )
-          )
-        }
-        let reason = response.cancelReason.isEmpty ? "no reason given" : response.cancelReason
-        let code: EtcdError.Code =
-          reason.contains("permission denied") ? .permissionDenied : .canceled
-        return .fail(
-          watcher.continuation,
-          EtcdError(code: code, message: "etcd canceled the watch: \(reason)")
-        )
-      }
-      if response.created {
-        if watcher.nextRevision == 0 {
-          watcher.nextRevision = header.revision + 1
-          state.watchers[id] = watcher
-          return .none
-        }
-        // A resumed watch whose next revision lies beyond the store's current one would wait
-        // silently forever: the store has been replaced. Check it with a linearizable read
-        // first, since a lagging member can be a little behind.
-        if header.revision + 1 < watcher.nextRevision {
-          return .verifyRevision(expected: watcher.nextRevision - 1, seen: header.revision)
-        }
-        return .none
-      }
-      let events = response.events.map { event in
-        EtcdWatchEvent(
-          kind: event.type == .delete ? .delete : .put,
-          kv: EtcdKeyValue(event.kv),
-          previous: event.hasPrevKv ? EtcdKeyValue(event.prevKv) : nil
-        )
-      }
-      if let last = events.last {
-        watcher.nextRevision = max(watcher.nextRevision, last.kv.modRevision + 1)
-      } else {
-        // etcd sends progress notifications only to watchers that have caught up.
-        watcher.nextRevision = max(watcher.nextRevision, header.revision + 1)
-      }
-      state.watchers[id] = watcher
-      return .deliver(watcher.continuation, EtcdWatchBatch(header: header, events: events))
+    var (after, checks) = self.state.withLock { state in
+      let actions = state.machine.received(response, on: generation)
+      return (state.perform(actions), Self.revisionChecks(actions))
     }
-
-    if case .verifyRevision(let expected, let seen) = action {
+    Self.finish(after)
+    for (id, expected, seen) in checks {
       var options = EtcdGetOptions()
       options.countOnly = true
       let current = try await client.get(.key("\u{0}"), options: options).header.revision
-      action = .none
       if current < expected {
         self.logger.warning(
           "etcd store replaced: revision went backwards",
@@ -288,34 +212,31 @@ final class WatchMultiplexer: Sendable {
             "etcd.revision": "\(current)", "etcd.expected": "\(expected)", "etcd.seen": "\(seen)",
           ]
         )
-        action = self.state.withLock { state in
-          guard let watcher = state.watchers.removeValue(forKey: id) else { return .none }
-          if let outbound = state.outbound {
-            var request = Etcdserverpb_WatchRequest()
-            var cancel = Etcdserverpb_WatchCancelRequest()
-            cancel.watchID = id
-            request.cancelRequest = cancel
-            outbound.yield(request)
-          }
-          return .fail(
-            watcher.continuation,
-            EtcdError(
-              code: .storeReplaced,
-              message:
-                "etcd's revision is \(current) but this watch had seen revision \(expected): the store was wiped or restored from a backup; re-read the current state"
-            )
-          )
-        }
       }
+      after = self.state.withLock { state in
+        state.perform(state.machine.revisionChecked(id, current: current))
+      }
+      Self.finish(after)
     }
+  }
 
-    switch action {
-    case .deliver(let continuation, let batch):
-      continuation.yield(batch)
-    case .fail(let continuation, let error):
-      continuation.finish(throwing: error)
-    case .none, .verifyRevision:
-      break
+  private static func revisionChecks(
+    _ actions: [WatchStreamStateMachine.Action]
+  ) -> [(WatchStreamStateMachine.WatchID, Int64, Int64)] {
+    actions.compactMap { action in
+      if case .checkRevision(let id, let expected, let seen) = action {
+        return (id, expected, seen)
+      }
+      return nil
+    }
+  }
+
+  private static func finish(_ after: [(Continuation, Result<EtcdWatchBatch, EtcdError>)]) {
+    for (continuation, result) in after {
+      switch result {
+      case .success(let batch): continuation.yield(batch)
+      case .failure(let error): continuation.finish(throwing: error)
+      }
     }
   }
 }

@@ -18,6 +18,10 @@ extension EtcdServiceRegistry {
     public var shutdownTimeout: Duration
     /// Backoff of the self-healing loop (re-granting the lease and re-writing the keys).
     public var recoveryBackoff: EtcdClient.Backoff
+    /// The most instances read per request when a service is listed (``instances(of:)``, and
+    /// a watch's first listing and re-listings): a service of any size is listed in pages at
+    /// one revision, each page well within the client's 4 MiB response cap.
+    public var listPageSize: Int
 
     /// A local etcd, prefix `/micro`, JSON values, 10 s lease.
     public static var defaults: Self {
@@ -32,7 +36,8 @@ extension EtcdServiceRegistry {
           maximum: .seconds(5),
           multiplier: 2,
           jitter: 0.5
-        )
+        ),
+        listPageSize: 1000
       )
     }
 
@@ -50,7 +55,8 @@ extension EtcdServiceRegistry {
       codec: InstanceCodec,
       leaseTTL: Duration,
       shutdownTimeout: Duration,
-      recoveryBackoff: EtcdClient.Backoff
+      recoveryBackoff: EtcdClient.Backoff,
+      listPageSize: Int = 1000
     ) {
       self.etcd = etcd
       self.keyPrefix = keyPrefix
@@ -58,6 +64,7 @@ extension EtcdServiceRegistry {
       self.leaseTTL = leaseTTL
       self.shutdownTimeout = shutdownTimeout
       self.recoveryBackoff = recoveryBackoff
+      self.listPageSize = listPageSize
     }
   }
 }

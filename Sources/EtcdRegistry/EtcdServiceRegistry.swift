@@ -242,9 +242,12 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
     }
   }
 
-  /// Lists a service with one prefix read; malformed values are skipped with a warning.
+  /// Lists a service at one revision, in pages; malformed values are skipped with a warning.
   func list(_ service: String) async throws -> RegistrySnapshot {
-    let result = try await self.client.get(.prefix(self.keyspace.servicePrefix(service)))
+    let result = try await self.client.getAll(
+      .prefix(self.keyspace.servicePrefix(service)),
+      pageSize: self.configuration.listPageSize
+    )
     var instances: [ServiceInstance] = []
     for kv in result.kvs {
       if let instance = self.decode(kv, service: service) { instances.append(instance) }

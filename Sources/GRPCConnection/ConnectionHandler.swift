@@ -808,6 +808,21 @@ final class ConnectionHandler: ChannelInboundHandler {
     self.stallPingTimeout = nil
     guard let context = self.context, !self.closed else { return }
     let waiting = self.streams.values.filter { $0.phase == .awaitingHeaders }.count
+    if self.settings.stallDetection?.closesConnection == true {
+      self.logger.warning(
+        "Server did not acknowledge a PING while calls waited; closing the connection",
+        metadata: ["grpc.waiting_calls": "\(waiting)"]
+      )
+      if self.closeError == nil {
+        self.closeError = HTTP2ConnectionError(
+          code: .connectionClosed,
+          message:
+            "The server stopped answering: a PING sent while calls waited was not acknowledged."
+        )
+      }
+      context.close(promise: nil)
+      return
+    }
     self.logger.warning(
       "Server did not acknowledge a PING while calls waited; no new calls on this connection",
       metadata: ["grpc.waiting_calls": "\(waiting)"]

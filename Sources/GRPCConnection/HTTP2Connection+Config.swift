@@ -152,12 +152,21 @@ extension HTTP2Connection {
     public var silence: Duration
     /// How long the PING's ACK may take before the server counts as unresponsive.
     public var pingTimeout: Duration
+    /// Whether an unanswered PING closes the connection at once, failing every call on it with
+    /// `unavailable`, instead of draining it (the default). For a client that retries such
+    /// calls on another server and should not wait for their deadlines: the etcd client fails
+    /// over to the next member this way.
+    public var closesConnection: Bool
 
     /// Creates a stall detection policy.
-    public init(silence: Duration = .milliseconds(100), pingTimeout: Duration = .milliseconds(300))
-    {
+    public init(
+      silence: Duration = .milliseconds(100),
+      pingTimeout: Duration = .milliseconds(300),
+      closesConnection: Bool = false
+    ) {
       self.silence = silence
       self.pingTimeout = pingTimeout
+      self.closesConnection = closesConnection
     }
   }
 

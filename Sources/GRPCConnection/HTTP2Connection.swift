@@ -126,6 +126,22 @@ public final class HTTP2Connection: ClientTransport, Sendable {
     }
   }
 
+  /// Closes the open connection (and any draining one) at once: every RPC on it fails with
+  /// `unavailable`, and the next RPC connects again.
+  ///
+  /// For a caller that found the server silent by its own means (the etcd client, when a lease
+  /// renewal goes unanswered) and retries elsewhere: the other streams on the silent connection
+  /// fail now instead of when a keep-alive PING times out.
+  package func closeConnections(reason: String) {
+    let channels = self.state.withLock { $0.connections.values.map { $0.connection.channel } }
+    guard !channels.isEmpty else { return }
+    self.logger.info(
+      "Closing the connection",
+      metadata: ["grpc.target": "\(self.target)", "grpc.reason": "\(reason)"]
+    )
+    for channel in channels { channel.close(promise: nil) }
+  }
+
   // MARK: - ClientTransport
 
   /// Returns the service config's method config for `descriptor`: an exact match, else the

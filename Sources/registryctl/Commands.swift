@@ -18,7 +18,7 @@ struct Services: AsyncParsableCommand {
     let keyspace = try self.connection.keyspace
     let codec = self.connection.instanceCodec
     let result = try await self.connection.withClient {
-      try await $0.get(.prefix(keyspace.rootPrefix))
+      try await $0.getAll(.prefix(keyspace.rootPrefix))
     }
     var services: [String: (count: Int, groups: Set<String>)] = [:]
     for kv in result.kvs {
@@ -90,7 +90,7 @@ struct List: AsyncParsableCommand {
     let keyspace = try self.connection.keyspace
     let codec = self.connection.instanceCodec
     let rows = try await self.connection.withClient { client -> [InstanceRow] in
-      let result = try await client.get(.prefix(keyspace.servicePrefix(self.service)))
+      let result = try await client.getAll(.prefix(keyspace.servicePrefix(self.service)))
       var ttls: [Int64: Int64] = [:]
       var rows: [InstanceRow] = []
       for kv in result.kvs {
