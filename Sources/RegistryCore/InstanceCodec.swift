@@ -1,6 +1,3 @@
-import struct Foundation.Data
-import class Foundation.JSONDecoder
-
 /// How a ``ServiceInstance`` is stored as a value: the wire format other languages share.
 ///
 /// - ``json``: the Go design's JSON, `{"Name":…,"Address":…,"Weight":…,"Group":…}` plus
@@ -94,15 +91,6 @@ public struct InstanceCodec: Sendable, CustomStringConvertible {
 
 /// Go's `encoding/json` output for the Go design's struct, field by field.
 private enum GoJSON {
-  struct Wire: Decodable {
-    var Name: String?
-    var Address: String?
-    var Weight: Int?
-    var Group: String?
-    var Metadata: [String: String]?
-    var Version: String?
-  }
-
   static func encode(_ instance: ServiceInstance) -> [UInt8] {
     var writer = JSONWriter()
     writer.beginObject()
@@ -126,46 +114,29 @@ private enum GoJSON {
     return writer.bytes
   }
 
+  /// Reads the fields by their exact names (as the writer spells them); a field that is
+  /// absent or `null` keeps its zero value, as in Go; unknown fields are skipped.
   static func decode(_ bytes: [UInt8]) throws -> ServiceInstance {
-    let wire = try JSONDecoder().decode(Wire.self, from: Data(bytes))
-    return ServiceInstance(
-      name: wire.Name ?? "",
-      address: wire.Address ?? "",
-      weight: wire.Weight ?? 0,
-      group: wire.Group ?? "",
-      metadata: wire.Metadata ?? [:],
-      version: wire.Version ?? ""
-    )
+    var reader = JSONReader(bytes)
+    var instance = ServiceInstance(name: "", address: "", weight: 0)
+    try reader.readObject(nullable: false) { reader, key in
+      switch key {
+      case "Name": instance.name = try reader.readOptionalString() ?? ""
+      case "Address": instance.address = try reader.readOptionalString() ?? ""
+      case "Weight": instance.weight = try reader.readOptionalInt() ?? 0
+      case "Group": instance.group = try reader.readOptionalString() ?? ""
+      case "Metadata": instance.metadata = try reader.readStringMap()
+      case "Version": instance.version = try reader.readOptionalString() ?? ""
+      default: try reader.skipValue()
+      }
+    }
+    try reader.end()
+    return instance
   }
 }
 
 /// etcd's `naming` update format.
 private enum EtcdNaming {
-  struct Attributes: Decodable {
-    var Weight: Int?
-    var Group: String?
-    var Version: String?
-    var Metadata: [String: String]?
-  }
-
-  struct Wire: Decodable {
-    var Op: Int?
-    var Addr: String
-    var Metadata: Attributes?
-
-    enum CodingKeys: String, CodingKey {
-      case Op, Addr, Metadata
-    }
-
-    init(from decoder: any Decoder) throws {
-      let container = try decoder.container(keyedBy: CodingKeys.self)
-      self.Op = try container.decodeIfPresent(Int.self, forKey: .Op)
-      self.Addr = try container.decode(String.self, forKey: .Addr)
-      // Other writers put arbitrary JSON here; only our own shape carries routing data.
-      self.Metadata = try? container.decodeIfPresent(Attributes.self, forKey: .Metadata)
-    }
-  }
-
   struct DeleteOperation: Error, CustomStringConvertible {
     var description: String { "the value is a naming Delete operation (Op 1), not an endpoint" }
   }
@@ -196,17 +167,55 @@ private enum EtcdNaming {
     return writer.bytes
   }
 
+  struct MissingAddress: Error, CustomStringConvertible {
+    var description: String { "the value has no \"Addr\"" }
+  }
+
   static func decode(_ bytes: [UInt8]) throws -> ServiceInstance {
-    let wire = try JSONDecoder().decode(Wire.self, from: Data(bytes))
-    if wire.Op == 1 { throw DeleteOperation() }
-    return ServiceInstance(
-      name: "",
-      address: wire.Addr,
-      weight: wire.Metadata?.Weight ?? 0,
-      group: wire.Metadata?.Group ?? "",
-      metadata: wire.Metadata?.Metadata ?? [:],
-      version: wire.Metadata?.Version ?? ""
-    )
+    var reader = JSONReader(bytes)
+    var operation = 0
+    var address: String?
+    var instance = ServiceInstance(name: "", address: "", weight: 0)
+    try reader.readObject(nullable: false) { reader, key in
+      switch key {
+      case "Op": operation = try reader.readOptionalInt() ?? 0
+      case "Addr": address = try reader.readOptionalString()
+      case "Metadata":
+        // Other writers put arbitrary JSON here; only our own shape carries routing data.
+        var attributes = reader
+        if let decoded = try? Self.attributes(&attributes) {
+          instance.weight = decoded.weight
+          instance.group = decoded.group
+          instance.version = decoded.version
+          instance.metadata = decoded.metadata
+          reader = attributes
+        } else {
+          try reader.skipValue()
+        }
+      default: try reader.skipValue()
+      }
+    }
+    try reader.end()
+    if operation == 1 { throw DeleteOperation() }
+    guard let address else { throw MissingAddress() }
+    instance.address = address
+    return instance
+  }
+
+  private static func attributes(
+    _ reader: inout JSONReader
+  ) throws -> (weight: Int, group: String, version: String, metadata: [String: String]) {
+    var result = (weight: 0, group: "", version: "", metadata: [String: String]())
+    try reader.readObject { reader, key in
+      switch key {
+      case "Weight": result.weight = try reader.readOptionalInt() ?? 0
+      case "Group": result.group = try reader.readOptionalString() ?? ""
+      case "Version": result.version = try reader.readOptionalString() ?? ""
+      case "Metadata": result.metadata = try reader.readStringMap()
+      default: try reader.skipValue()
+      }
+    }
+    return result
   }
 }
 
