@@ -16,9 +16,11 @@ struct RegistryCtl: AsyncParsableCommand {
     commandName: "registryctl",
     abstract: "Operate the gRPC service registry on etcd.",
     discussion: """
-      Connection settings come from flags or the environment: REGISTRY_ETCD_ENDPOINTS,
-      REGISTRY_PREFIX, REGISTRY_ETCD_CACERT, REGISTRY_ETCD_CERT, REGISTRY_ETCD_KEY,
-      REGISTRY_ETCD_USER (name:password).
+      Connection settings come from flags (before or after the subcommand, as etcdctl takes
+      them) or the environment: REGISTRY_ETCD_ENDPOINTS, REGISTRY_PREFIX, REGISTRY_ETCD_CACERT,
+      REGISTRY_ETCD_CERT, REGISTRY_ETCD_KEY, REGISTRY_ETCD_USER (name:password), and then
+      etcdctl's own ETCDCTL_ENDPOINTS, ETCDCTL_CACERT, ETCDCTL_CERT, ETCDCTL_KEY, ETCDCTL_USER
+      (name:password, or name with ETCDCTL_PASSWORD).
       Exit codes: 0 ok, 1 not found or empty, 2 usage, 3 etcd unreachable or access denied.
       """,
     subcommands: [
@@ -28,7 +30,9 @@ struct RegistryCtl: AsyncParsableCommand {
 
   static func main() async {
     do {
-      var command = try parseAsRoot()
+      var command = try parseAsRoot(
+        Self.globalOptionsAfterSubcommand(Array(CommandLine.arguments.dropFirst()))
+      )
       if var asyncCommand = command as? any AsyncParsableCommand {
         try await asyncCommand.run()
       } else {
@@ -45,6 +49,18 @@ struct RegistryCtl: AsyncParsableCommand {
       }
       exit(withError: error)
     }
+  }
+}
+
+extension RegistryCtl {
+  /// Moves options written before the subcommand (`registryctl --etcd HOST services`, as
+  /// etcdctl accepts them) to after it, where the subcommand's parser reads them.
+  static func globalOptionsAfterSubcommand(_ arguments: [String]) -> [String] {
+    let names = Set(Self.configuration.subcommands.map { $0._commandName })
+    guard let index = arguments.firstIndex(where: { names.contains($0) }), index > 0,
+      arguments[..<index].first?.hasPrefix("-") == true
+    else { return arguments }
+    return [arguments[index]] + arguments[..<index] + arguments[(index + 1)...]
   }
 }
 
@@ -87,8 +103,9 @@ struct Failure: Error {
 /// Flags shared by every subcommand.
 struct ConnectionOptions: ParsableArguments {
   @Option(
-    name: .customLong("etcd"),
-    help: "etcd endpoints, host:port[,host:port] (env REGISTRY_ETCD_ENDPOINTS)."
+    name: [.customLong("etcd"), .customLong("endpoints")],
+    help:
+      "etcd endpoints, host:port[,host:port]; http:// and https:// are accepted (env REGISTRY_ETCD_ENDPOINTS, ETCDCTL_ENDPOINTS)."
   )
   var endpoints: String?
 
@@ -118,9 +135,43 @@ struct ConnectionOptions: ParsableArguments {
 
   private var environment: [String: String] { ProcessInfo.processInfo.environment }
 
-  var etcdEndpoints: [String] {
-    (self.endpoints ?? self.environment["REGISTRY_ETCD_ENDPOINTS"] ?? "127.0.0.1:2379")
+  /// The first of the environment variables `names` that is set and not empty.
+  private func environment(_ names: String...) -> String? {
+    names.lazy.compactMap { self.environment[$0] }.first { !$0.isEmpty }
+  }
+
+  private var endpointList: [String] {
+    (self.endpoints ?? self.environment("REGISTRY_ETCD_ENDPOINTS", "ETCDCTL_ENDPOINTS")
+      ?? "127.0.0.1:2379")
       .split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+  }
+
+  /// The endpoints as `host:port` (etcdctl's URLs lose their scheme).
+  var etcdEndpoints: [String] {
+    self.endpointList.map { endpoint in
+      for scheme in ["http://", "https://"] where endpoint.hasPrefix(scheme) {
+        return String(endpoint.dropFirst(scheme.count))
+      }
+      return endpoint
+    }
+  }
+
+  private var caCertificate: String? {
+    self.cacert ?? self.environment("REGISTRY_ETCD_CACERT", "ETCDCTL_CACERT")
+  }
+  private var clientCertificate: String? {
+    self.cert ?? self.environment("REGISTRY_ETCD_CERT", "ETCDCTL_CERT")
+  }
+  private var clientKey: String? {
+    self.key ?? self.environment("REGISTRY_ETCD_KEY", "ETCDCTL_KEY")
+  }
+  /// `name:password`, from the flag or the environment (etcdctl's user may carry its password
+  /// in ETCDCTL_PASSWORD).
+  private var userAndPassword: String? {
+    if let user = self.user ?? self.environment["REGISTRY_ETCD_USER"] { return user }
+    guard let user = self.environment["ETCDCTL_USER"] else { return nil }
+    if user.contains(":") { return user }
+    return self.environment["ETCDCTL_PASSWORD"].map { "\(user):\($0)" } ?? user
   }
 
   var keyPrefix: String { self.prefix ?? self.environment["REGISTRY_PREFIX"] ?? "/micro" }
@@ -130,7 +181,7 @@ struct ConnectionOptions: ParsableArguments {
       throw ValidationError("--codec must be json or etcd-naming, not '\(self.codec)'")
     }
     guard self.timeout > 0 else { throw ValidationError("--timeout must be positive") }
-    if let user = self.user ?? self.environment["REGISTRY_ETCD_USER"], !user.contains(":") {
+    if let user = self.userAndPassword, !user.contains(":") {
       throw ValidationError("the etcd user must be given as name:password")
     }
   }
@@ -147,14 +198,15 @@ struct ConnectionOptions: ParsableArguments {
     }
   }
 
-  var usesTLS: Bool { (self.cacert ?? self.environment["REGISTRY_ETCD_CACERT"]) != nil }
-  var usesMutualTLS: Bool {
-    self.usesTLS && (self.cert ?? self.environment["REGISTRY_ETCD_CERT"]) != nil
+  /// TLS with a CA given, or an `https://` endpoint (then the system's trust roots).
+  var usesTLS: Bool {
+    self.caCertificate != nil || self.endpointList.contains { $0.hasPrefix("https://") }
   }
+  var usesMutualTLS: Bool { self.usesTLS && self.clientCertificate != nil }
   var usesAuth: Bool { self.userName != nil }
   /// The etcd user name, without the password.
   var userName: String? {
-    (self.user ?? self.environment["REGISTRY_ETCD_USER"]).map { String($0.prefix { $0 != ":" }) }
+    self.userAndPassword.map { String($0.prefix { $0 != ":" }) }
   }
 
   /// Maps an error onto its exit code, adding what to do about a connection or access failure
@@ -198,17 +250,17 @@ struct ConnectionOptions: ParsableArguments {
     .defaults {
       $0.endpoints = self.etcdEndpoints
       $0.requestTimeout = .milliseconds(Int(self.timeout * 1000))
-      $0.connectTimeout = .milliseconds(Int(self.timeout * 1000))
-      if let ca = self.cacert ?? self.environment["REGISTRY_ETCD_CACERT"] {
+      // A member that accepts connections but never answers (a hung process) is given up
+      // after 2 s, leaving the rest of the timeout for the next endpoint.
+      $0.connectTimeout = .milliseconds(Int(min(self.timeout, 2) * 1000))
+      if self.usesTLS {
         $0.tls = .init(
-          caCertificatePath: ca,
-          clientCertificatePath: self.cert ?? self.environment["REGISTRY_ETCD_CERT"],
-          clientKeyPath: self.key ?? self.environment["REGISTRY_ETCD_KEY"]
+          caCertificatePath: self.caCertificate,
+          clientCertificatePath: self.clientCertificate,
+          clientKeyPath: self.clientKey
         )
       }
-      if let user = self.user ?? self.environment["REGISTRY_ETCD_USER"],
-        let colon = user.firstIndex(of: ":")
-      {
+      if let user = self.userAndPassword, let colon = user.firstIndex(of: ":") {
         $0.credentials = .init(
           username: String(user[..<colon]),
           password: String(user[user.index(after: colon)...])

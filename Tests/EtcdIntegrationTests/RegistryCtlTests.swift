@@ -40,14 +40,16 @@ struct RegistryCtl {
     arguments + ["--etcd", self.cluster.endpoints.joined(separator: ","), "--prefix", self.prefix]
   }
 
-  /// Runs to completion; returns exit status and output.
+  /// Runs to completion; returns exit status and output. With `connection` false, the
+  /// arguments are passed as they are (no `--etcd` and `--prefix` appended).
   func run(
     _ arguments: [String],
-    environment: [String: String] = [:]
+    environment: [String: String] = [:],
+    connection: Bool = true
   ) async throws -> (status: Int32, stdout: String, stderr: String) {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: try Self.executable)
-    process.arguments = self.arguments(arguments)
+    process.arguments = connection ? self.arguments(arguments) : arguments
     process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
     let out = Pipe()
     let err = Pipe()
@@ -143,12 +145,49 @@ struct RegistryCtlTests {
 
     let status = try await ctl.run(["status"])
     #expect(status.status == 0)
-    #expect(status.stdout.contains("3.4") && status.stdout.contains("yes"))
+    // The version etcd itself reports (3.4.x from Debian, 3.5.1 with ETCD_BIN_DIR).
+    let etcdStatus = try await cluster.etcdctl(["endpoint", "status", "-w", "json"])
+    let version = try #require(
+      etcdStatus.firstMatch(of: /"version":"([0-9.]+)"/).map { String($0.1) }
+    )
+    #expect(status.stdout.contains(version) && status.stdout.contains("yes"), "\(status.stdout)")
 
     let usage = try await ctl.run(["list"])
     #expect(usage.status == 2, "a usage error exits 2")
     let badName = try await ctl.run(["list", "bad/name"])
     #expect(badName.status == 2)
+  }
+
+  @Test("as etcdctl takes them: options before the subcommand, ETCDCTL_ENDPOINTS with URLs")
+  func etcdctlConventions() async throws {
+    let cluster = try await SharedEtcd.get()
+    let ctl = RegistryCtl(cluster: cluster, prefix: uniquePrefix("ctl-etcdctl"))
+    try await cluster.etcdctl([
+      "put", ctl.prefix + "svc/10.0.0.3:80",
+      #"{"Name":"svc","Address":"10.0.0.3:80","Weight":1,"Group":"g"}"#,
+    ])
+    let endpoints = cluster.endpoints.joined(separator: ",")
+    // Breaks if global options are accepted only after the subcommand ("Unknown option").
+    let before = try await ctl.run(
+      ["--etcd", endpoints, "--prefix", ctl.prefix, "services"],
+      connection: false
+    )
+    #expect(before.status == 0, "\(before.stderr)")
+    #expect(before.stdout.contains("svc"))
+    let urls = cluster.endpoints.map { "http://\($0)" }.joined(separator: ",")
+    let fromEnvironment = try await ctl.run(
+      ["list", "svc", "--prefix", ctl.prefix],
+      environment: ["ETCDCTL_ENDPOINTS": urls, "REGISTRY_ETCD_ENDPOINTS": ""],
+      connection: false
+    )
+    // An empty REGISTRY_ETCD_ENDPOINTS is still set: it must not hide ETCDCTL_ENDPOINTS.
+    #expect(fromEnvironment.status == 0, "\(fromEnvironment.stderr)")
+    #expect(fromEnvironment.stdout.contains("10.0.0.3:80"))
+    let alias = try await ctl.run(
+      ["--endpoints=\(urls)", "list", "svc", "--prefix", ctl.prefix],
+      connection: false
+    )
+    #expect(alias.status == 0, "\(alias.stderr)")
   }
 
   @Test("an unreachable etcd exits 3 with advice")
