@@ -9,9 +9,16 @@ enum Command {
     var stderr: String
   }
 
-  /// Finds `name` on `PATH`.
+  /// Finds `name` on `PATH`; `etcd` and `etcdctl` in `ETCD_BIN_DIR` first when it is set (the
+  /// tests run against etcd 3.5 that way: `ETCD_BIN_DIR=$(scripts/etcd35-bin-dir)`).
   static func locate(_ name: String) -> String? {
     if name.contains("/") { return FileManager.default.isExecutableFile(atPath: name) ? name : nil }
+    if name == "etcd" || name == "etcdctl",
+      let directory = ProcessInfo.processInfo.environment["ETCD_BIN_DIR"], !directory.isEmpty
+    {
+      let candidate = "\(directory)/\(name)"
+      return FileManager.default.isExecutableFile(atPath: candidate) ? candidate : nil
+    }
     let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
     for directory in path.split(separator: ":") {
       let candidate = "\(directory)/\(name)"
