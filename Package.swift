@@ -62,7 +62,9 @@ let package = Package(
     .target(
       name: "EtcdHarness",
       dependencies: [
-        .product(name: "Logging", package: "swift-log")
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
       ],
       swiftSettings: strictSettings
     ),

@@ -15,6 +15,11 @@ extension EtcdClient {
     public var connectTimeout: Duration
     /// The deadline of each unary request, failovers included.
     public var requestTimeout: Duration
+    /// The longest one member may take over one attempt of a request before the request moves
+    /// to the next endpoint (within ``requestTimeout``). A member cut off from its peers still
+    /// answers PINGs but holds a write it cannot forward to the leader until it notices (after
+    /// an election timeout); this bounds what such a member costs a request.
+    public var attemptTimeout: Duration
     /// HTTP/2 keep-alive pings on connections whose streams (watches) have been quiet this long,
     /// so a member that stopped answering is noticed; `nil` for none. etcd refuses pings more
     /// frequent than its `--grpc-keepalive-min-time` (5 s by default) with GOAWAY.
@@ -47,6 +52,7 @@ extension EtcdClient {
         endpoints: ["127.0.0.1:2379"],
         connectTimeout: .seconds(2),
         requestTimeout: .seconds(5),
+        attemptTimeout: .seconds(2),
         keepAliveInterval: .seconds(5),
         keepAliveTimeout: .seconds(2),
         silenceTimeout: .milliseconds(1500),
@@ -68,6 +74,7 @@ extension EtcdClient {
       endpoints: [String],
       connectTimeout: Duration,
       requestTimeout: Duration,
+      attemptTimeout: Duration = .seconds(2),
       keepAliveInterval: Duration?,
       keepAliveTimeout: Duration,
       silenceTimeout: Duration = .milliseconds(1500),
@@ -78,6 +85,7 @@ extension EtcdClient {
       self.endpoints = endpoints
       self.connectTimeout = connectTimeout
       self.requestTimeout = requestTimeout
+      self.attemptTimeout = attemptTimeout
       self.keepAliveInterval = keepAliveInterval
       self.keepAliveTimeout = keepAliveTimeout
       self.silenceTimeout = silenceTimeout

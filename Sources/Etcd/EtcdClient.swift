@@ -154,9 +154,10 @@ public final class EtcdClient: Service, Sendable {
 
   /// Runs one unary request with the deadline, failover, and re-authentication rules.
   ///
-  /// A request that fails as `unavailable` (endpoint down, no leader) moves to the next endpoint
-  /// and is tried again until the deadline; an expired auth token is renewed once and the
-  /// request tried again.
+  /// A request that fails as `unavailable` (endpoint down, no leader, silent) or takes longer
+  /// than ``Configuration/attemptTimeout`` on one member moves to the next endpoint and is
+  /// tried again until the deadline; an expired auth token is renewed once and the request
+  /// tried again.
   func unary<Result: Sendable>(
     _ operation: String,
     timeout: Duration? = nil,
@@ -170,6 +171,7 @@ public final class EtcdClient: Service, Sendable {
     var reauthenticated = false
     while true {
       let (index, endpoint) = self.pickEndpoint()
+      let attemptDeadline = min(deadline, ContinuousClock.now + self.configuration.attemptTimeout)
       do {
         var metadata = authenticated ? try await self.auth.metadata(for: self) : [:]
         // etcd's require-leader flag: a member without a leader (cut off from its peers, or in
@@ -179,7 +181,7 @@ public final class EtcdClient: Service, Sendable {
         do {
           // The connection enforces the deadline (not `CallOptions.timeout`, whose cancelled
           // sleep the Swift runtime keeps for the whole timeout: see `withCallDeadline`).
-          return try await HTTP2Connection.withCallDeadline(deadline) {
+          return try await HTTP2Connection.withCallDeadline(attemptDeadline) {
             try await body(endpoint.client, metadata, .defaults)
           }
         } catch let error as RPCError
@@ -193,7 +195,9 @@ public final class EtcdClient: Service, Sendable {
         }
       } catch let error as RPCError {
         let remaining = deadline - ContinuousClock.now
-        if Self.isRetryable(error), remaining > .zero, !self.isShutDown {
+        // An attempt that ran out of its own time (not the request's) moves on as well.
+        let attemptTimedOut = error.code == .deadlineExceeded && attemptDeadline < deadline
+        if Self.isRetryable(error) || attemptTimedOut, remaining > .zero, !self.isShutDown {
           attempt += 1
           self.failover(from: index)
           self.logger.debug(

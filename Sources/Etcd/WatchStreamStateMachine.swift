@@ -139,7 +139,12 @@ struct WatchStreamStateMachine {
     if response.canceled {
       self.byServerID[response.watchID] = nil
       self.watchers[id] = nil
-      return [.fail(id, Self.cancelError(response, watcher))]
+      // Cancelled on our side too: etcd has forgotten the watch already and ignores this, but
+      // etcd's grpc-proxy keeps a watch that its upstream cancelled (compaction) attached to
+      // the dead upstream watch, and would attach the next watch of the same range to it.
+      return [
+        .send(Self.cancelRequest(response.watchID)), .fail(id, Self.cancelError(response, watcher)),
+      ]
     }
     let events = response.events.map { event in
       EtcdWatchEvent(

@@ -5,7 +5,12 @@ import Synchronization
 ///
 /// Every member gets free loopback ports and a data directory under a temporary root that is
 /// removed by ``shutdown()``. If the test process dies without calling it, a watchdog started
-/// with the first cluster kills the members and removes the root.
+/// with the first cluster kills the members (and proxies) and removes the root.
+///
+/// Every cluster, whatever its options, routes its members' peer traffic through relays in the
+/// test process, so any member can be cut off from its peers with
+/// ``EtcdMember/isolateFromPeers()``; ``startProxy()`` adds an `etcd grpc-proxy` in front of the
+/// members.
 ///
 /// ```swift
 /// try await withEtcdCluster { etcd in
@@ -66,6 +71,9 @@ public final class EtcdCluster: Sendable {
   /// The certificates, when started with TLS.
   public let certificates: TestCertificates?
   private let rootCredentials = Mutex<String?>(nil)
+  private let network: PeerNetwork
+  private let proxies = Mutex<[EtcdProxy]>([])
+  private let proxyCount = Mutex(0)
 
   /// `host:port` of every member.
   public var endpoints: [String] { self.members.map(\.endpoint) }
@@ -74,12 +82,14 @@ public final class EtcdCluster: Sendable {
     members: [EtcdMember],
     options: Options,
     root: String,
-    certificates: TestCertificates?
+    certificates: TestCertificates?,
+    network: PeerNetwork
   ) {
     self.members = members
     self.options = options
     self.root = root
     self.certificates = certificates
+    self.network = network
   }
 
   /// Starts etcd and waits until every member is healthy.
@@ -95,10 +105,14 @@ public final class EtcdCluster: Sendable {
       options.tls ? try await TestCertificates.generate(in: "\(root)/tls") : nil
     let scheme = options.tls ? "https" : "http"
     let token = "harness-\(UUID().uuidString.prefix(8))"
-    var ports: [(client: Int, peer: Int, admin: Int)] = []
+    var ports: [(client: Int, peer: Int, peerListen: Int, admin: Int)] = []
     for _ in 0 ..< options.members {
-      ports.append((try FreePorts.next(), try FreePorts.next(), try FreePorts.next()))
+      ports.append(
+        (try FreePorts.next(), try FreePorts.next(), try FreePorts.next(), try FreePorts.next())
+      )
     }
+    // The cluster knows each member by its relay's port; etcd listens behind it.
+    let network = PeerNetwork()
     let initialCluster = ports.enumerated()
       .map { "m\($0.offset)=http://127.0.0.1:\($0.element.peer)" }
       .joined(separator: ",")
@@ -110,9 +124,11 @@ public final class EtcdCluster: Sendable {
         name: name,
         clientPort: port.client,
         peerPort: port.peer,
+        peerListenPort: port.peerListen,
         adminPort: port.admin,
         root: root,
-        scheme: scheme
+        scheme: scheme,
+        network: network
       ) { isolated in
         let admin = "\(scheme)://127.0.0.1:\(port.admin)"
         let client = "\(scheme)://127.0.0.1:\(port.client)"
@@ -120,7 +136,7 @@ public final class EtcdCluster: Sendable {
           "--name", name, "--data-dir", dataDirectory,
           "--listen-client-urls", isolated ? admin : "\(client),\(admin)",
           "--advertise-client-urls", "\(scheme)://127.0.0.1:\(port.client)",
-          "--listen-peer-urls", "http://127.0.0.1:\(port.peer)",
+          "--listen-peer-urls", "http://127.0.0.1:\(port.peerListen)",
           "--initial-advertise-peer-urls", "http://127.0.0.1:\(port.peer)",
           "--initial-cluster", initialCluster, "--initial-cluster-state", "new",
           "--initial-cluster-token", token,
@@ -147,9 +163,19 @@ public final class EtcdCluster: Sendable {
       members: members,
       options: options,
       root: root,
-      certificates: certificates
+      certificates: certificates,
+      network: network
     )
     do {
+      for member in members {
+        try await network.start(
+          .init(
+            member: member.name,
+            advertisedPort: member.peerPort,
+            listenPort: member.peerListenPort
+          )
+        )
+      }
       for member in members { try member.launch() }
       for member in members {
         try await cluster.waitUntilHealthy(member, within: options.startTimeout)
@@ -245,9 +271,61 @@ public final class EtcdCluster: Sendable {
     self.rootCredentials.withLock { $0 = "root:\(rootPassword)" }
   }
 
-  /// Stops every member and removes the root directory.
+  /// Starts an `etcd grpc-proxy` in front of every member and waits until it serves.
+  ///
+  /// The proxy listens on a free loopback port (``EtcdProxy/endpoint``) and speaks the cluster's
+  /// scheme: over TLS it presents the server certificate (and with
+  /// ``Options/clientCertificateAuth`` asks for client certificates), so
+  /// ``etcdctl(_:endpoints:)`` with `endpoints: [proxy.endpoint]` works as with a member.
+  /// ``shutdown()`` stops it with the members.
+  ///
+  /// - Throws: ``HarnessError`` when the proxy does not serve in time (with the tail of its log).
+  public func startProxy(within timeout: Duration = .seconds(20)) async throws -> EtcdProxy {
+    let name = self.proxyCount.withLock { count in
+      defer { count += 1 }
+      return "proxy\(count)"
+    }
+    var arguments = [
+      "grpc-proxy", "start",
+      "--endpoints=\(self.endpoints.joined(separator: ","))",
+    ]
+    if let certificates = self.certificates {
+      // etcd 3.4's grpc-proxy needs a client certificate without a common name to reach TLS
+      // members at all, so it gets one of its own.
+      let client = try await certificates.makeClientCertificateWithoutCommonName(
+        at: "\(self.root)/tls/\(name)-client"
+      )
+      arguments += [
+        "--cacert", certificates.caCertificate, "--cert", client.certificate, "--key", client.key,
+        "--cert-file", certificates.serverCertificate, "--key-file", certificates.serverKey,
+      ]
+      if self.options.clientCertificateAuth {
+        arguments += ["--trusted-ca-file", certificates.caCertificate]
+      }
+    }
+    let proxy = EtcdProxy(
+      name: name,
+      port: try FreePorts.next(),
+      root: self.root,
+      scheme: self.certificates == nil ? "http" : "https",
+      arguments: arguments
+    ) { [weak self] endpoint in
+      guard let self else { throw HarnessError("the cluster of \(name) is gone") }
+      return try await self.etcdctlOutput(
+        ["endpoint", "health", "--command-timeout=1s"],
+        endpoints: [endpoint]
+      )
+    }
+    self.proxies.withLock { $0.append(proxy) }
+    try await proxy.start(within: timeout)
+    return proxy
+  }
+
+  /// Stops every proxy and member, closes the peer relays and removes the root directory.
   public func shutdown() async {
+    for proxy in self.proxies.withLock({ $0 }) { await proxy.kill() }
     for member in self.members { await member.kill() }
+    await self.network.close()
     try? FileManager.default.removeItem(atPath: self.root)
   }
 }
@@ -269,7 +347,9 @@ public func withEtcdCluster<T>(
 }
 
 /// One watchdog process per test process: when the test process dies, it kills every etcd
-/// whose data lives under this process's harness directory and removes the directory.
+/// whose data lives under this process's harness directory (members and grpc-proxies alike: both
+/// get a `--data-dir` there) and removes the directory. The peer relays live in the test
+/// process and die with it.
 enum Watchdog {
   private static let base: Mutex<String?> = Mutex(nil)
 

@@ -15,6 +15,8 @@ public struct TestCertificates: Sendable {
   public var clientCertificate: String
   /// The PEM file of the client's private key.
   public var clientKey: String
+  /// The PEM file of the CA's private key, to sign further certificates.
+  var caKey: String
 
   /// Generates a fresh CA, server and client certificate in `directory`.
   ///
@@ -26,15 +28,8 @@ public struct TestCertificates: Sendable {
   ) async throws -> TestCertificates {
     try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
     let path = { (file: String) in "\(directory)/\(name)-\(file)" }
-    func openssl(_ arguments: [String]) async throws {
-      let output = try await Command.run("openssl", arguments)
-      guard output.status == 0 else {
-        throw HarnessError("openssl \(arguments.first ?? "") failed: \(output.stderr)")
-      }
-    }
-    let curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     try await openssl(
-      ["req", "-x509"] + curve + [
+      ["req", "-x509"] + self.curve + [
         "-keyout", path("ca.key"), "-out", path("ca.pem"), "-days", "3", "-subj", "/CN=\(name)-ca",
       ]
     )
@@ -42,7 +37,7 @@ public struct TestCertificates: Sendable {
       ("server", "etcd-server", "serverAuth,clientAuth"), ("client", clientName, "clientAuth"),
     ] {
       try await openssl(
-        ["req"] + curve + [
+        ["req"] + self.curve + [
           "-keyout", path("\(role).key"), "-out", path("\(role).csr"), "-subj", "/CN=\(commonName)",
         ]
       )
@@ -59,7 +54,42 @@ public struct TestCertificates: Sendable {
       serverCertificate: path("server.pem"),
       serverKey: path("server.key"),
       clientCertificate: path("client.pem"),
-      clientKey: path("client.key")
+      clientKey: path("client.key"),
+      caKey: path("ca.key")
     )
+  }
+
+  /// Makes a client certificate without a common name, signed by the CA, as `<prefix>.pem` and
+  /// `<prefix>.key`: etcd 3.4's grpc-proxy refuses to present one that has a common name.
+  func makeClientCertificateWithoutCommonName(
+    at prefix: String
+  ) async throws -> (certificate: String, key: String) {
+    let (certificate, key) = ("\(prefix).pem", "\(prefix).key")
+    try await Self.openssl(
+      ["req"] + Self.curve + [
+        "-keyout", key, "-out", "\(prefix).csr", "-subj", "/O=etcd-harness",
+      ]
+    )
+    try "extendedKeyUsage=clientAuth\n".write(
+      toFile: "\(prefix).ext",
+      atomically: true,
+      encoding: .utf8
+    )
+    try await Self.openssl([
+      "x509", "-req", "-in", "\(prefix).csr", "-CA", self.caCertificate, "-CAkey", self.caKey,
+      "-CAcreateserial", "-out", certificate, "-days", "3", "-extfile", "\(prefix).ext",
+    ])
+    return (certificate, key)
+  }
+
+  private static let curve = [
+    "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+  ]
+
+  private static func openssl(_ arguments: [String]) async throws {
+    let output = try await Command.run("openssl", arguments)
+    guard output.status == 0 else {
+      throw HarnessError("openssl \(arguments.first ?? "") failed: \(output.stderr)")
+    }
   }
 }
