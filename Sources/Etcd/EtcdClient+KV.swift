@@ -69,31 +69,35 @@ extension EtcdClient {
   private func readPages(_ range: EtcdKeyRange, pageSize: Int) async throws -> EtcdGetResult {
     var options = EtcdGetOptions()
     options.limit = Int64(pageSize)
+    var all = try await self.readPage(range, options: &options)
+    // Every later page reads the snapshot the first one saw.
+    options.revision = all.header.revision
+    var page = all
     var pageRange = range
-    var result: EtcdGetResult?
-    while true {
-      let page: EtcdGetResult
-      do {
-        page = try await self.get(pageRange, options: options)
-      } catch let error as EtcdError where error.code == .responseTooLarge && options.limit > 1 {
-        options.limit = max(options.limit / 2, 1)
-        continue
-      }
-      if result == nil {
-        result = page
-        // Every later page reads the snapshot the first one saw.
-        options.revision = page.header.revision
-      } else {
-        result?.kvs += page.kvs
-      }
-      guard page.more, let last = page.kvs.last else { break }
+    while page.more, let last = page.kvs.last {
       // The next key after `last` in byte order is `last` followed by a zero byte.
       pageRange.key = last.key + [0]
+      page = try await self.readPage(pageRange, options: &options)
+      all.kvs += page.kvs
     }
-    guard var all = result else { throw EtcdError.shutDown() }
     all.count = Int64(all.kvs.count)
     all.more = false
     return all
+  }
+
+  /// One page; a page over the response cap is asked for again with half as many keys, and
+  /// the smaller limit is kept for the pages after it.
+  private func readPage(
+    _ range: EtcdKeyRange,
+    options: inout EtcdGetOptions
+  ) async throws -> EtcdGetResult {
+    while true {
+      do {
+        return try await self.get(range, options: options)
+      } catch let error as EtcdError where error.code == .responseTooLarge && options.limit > 1 {
+        options.limit = max(options.limit / 2, 1)
+      }
+    }
   }
 
   /// Reads one key; `nil` when it does not exist.
