@@ -234,6 +234,7 @@ enum UserServers {
     ttl: Int = 10,
     drain: Double = 1.0,
     group: String = "",
+    extraArguments: [String] = [],
     name: String
   ) async throws -> (ChildProcess, String) {
     let child = try ChildProcess(
@@ -241,7 +242,7 @@ enum UserServers {
       arguments: [
         "--etcd", endpoint, "--listen", "127.0.0.1:0", "--ttl", "\(ttl)", "--prefix", prefix,
         "--name", service, "--drain", "\(drain)", "--group", group,
-      ],
+      ] + extraArguments,
       name: name
     )
     guard let address = await child.waitForLine(prefix: "READY ", timeout: .seconds(60)) else {
@@ -263,6 +264,7 @@ enum UserServers {
     ttl: Int = 10,
     drain: Double = 1.0,
     groups: [String] = [],
+    extraArguments: [String] = [],
     _ body: ([(child: ChildProcess, address: String)]) async throws -> Result
   ) async throws -> Result {
     var servers: [(child: ChildProcess, address: String)] = []
@@ -277,6 +279,7 @@ enum UserServers {
             ttl: ttl,
             drain: drain,
             group: index < groups.count ? groups[index] : "",
+            extraArguments: extraArguments,
             name: "\(service)-\(index)"
           )
         )

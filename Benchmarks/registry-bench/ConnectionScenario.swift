@@ -19,8 +19,9 @@ import Glibc
 /// its own).
 ///
 /// Clients: `ours` (a `GRPCClient` on `HTTP2Connection`), `direct` (the same connection without
-/// `GRPCClient`, see `directGetById`), `stock` and `go`. Servers: `swift`, `swiftpings` (the same
-/// with `TrafficPingResponder`, grpc-go client only) and `go`.
+/// `GRPCClient`, see `directGetById`), `stock` and `go`. Servers: `swift` (grpc-swift's stock
+/// `HTTP2ServerTransport.Posix`), `swiftpings` (the same with `TrafficPingResponder`, grpc-go
+/// client only), `own` (the project's `HTTP2Server`) and `go`.
 ///
 /// The grpc-go side is `GoInterop/` built with Debian's Go packages (see its README); the Swift
 /// server is this executable re-run with `REGISTRY_BENCH_SERVE_SWIFT=1`.
@@ -54,6 +55,19 @@ enum ConnectionScenario {
       return false
     }
     let name = NameBox()
+    if ProcessInfo.processInfo.environment["REGISTRY_BENCH_SERVER"] == "own" {
+      // The project's own server transport.
+      let transport = HTTP2Server(host: "127.0.0.1", port: 0, logger: Logger(label: "bench"))
+      let server = GRPCServer(transport: transport, services: [UserDirectory(name: { name.value })])
+      try await withThrowingDiscardingTaskGroup { group in
+        group.addTask { try await server.serve() }
+        name.value = try await transport.listeningAddress.description
+        FileHandle.standardOutput.write(Data("LISTENING \(name.value)\n".utf8))
+        _ = await Task.detached { FileHandle.standardInput.readDataToEndOfFile() }.value
+        server.beginGracefulShutdown()
+      }
+      return true
+    }
     var config = HTTP2ServerTransport.Posix.Config.defaults()
     if ProcessInfo.processInfo.environment["REGISTRY_BENCH_ANSWER_PINGS"] == "1" {
       config.answerTrafficPings()
@@ -97,11 +111,22 @@ enum ConnectionScenario {
       environment: ["REGISTRY_BENCH_SERVE_SWIFT": "1", "REGISTRY_BENCH_ANSWER_PINGS": "1"]
     )
     defer { answeringServer.stop() }
+    // The project's own server transport (HTTP2Server).
+    let ownServer = try await Child.start(
+      CommandLine.arguments[0],
+      [],
+      environment: ["REGISTRY_BENCH_SERVE_SWIFT": "1", "REGISTRY_BENCH_SERVER": "own"]
+    )
+    defer { ownServer.stop() }
     let goServer = try await Child.start(goBinary, ["serve", "-addr", "127.0.0.1:0"])
     defer { goServer.stop() }
     let servers = [
       ("swift", swiftServer.address), ("swiftpings", answeringServer.address),
-      ("go", goServer.address),
+      ("own", ownServer.address), ("go", goServer.address),
+    ]
+    let serverPIDs = [
+      "swift": swiftServer.pid, "swiftpings": answeringServer.pid, "own": ownServer.pid,
+      "go": goServer.pid,
     ]
     let calls = Self.callsPerCell
     for (serverName, address) in servers {
@@ -113,6 +138,7 @@ enum ConnectionScenario {
           Report.progress(
             "conn: \(calls) calls, \(client) client -> \(serverName) server, c=\(concurrency)"
           )
+          let serverCPUBefore = serverPIDs[serverName].flatMap(Self.cpuSeconds(pid:))
           let cell: Cell
           switch client {
           case "go":
@@ -132,6 +158,15 @@ enum ConnectionScenario {
           metrics.set("\(key)_p99_ms", cell.p99)
           metrics.set("\(key)_cpu_s_per_10k", cell.cpuSeconds * 10_000 / Double(max(cell.calls, 1)))
           metrics.set("\(key)_failed", cell.failed)
+          if let before = serverCPUBefore,
+            let after = serverPIDs[serverName].flatMap(Self.cpuSeconds(pid:))
+          {
+            // The server process's CPU over the cell, per 10,000 calls.
+            metrics.set(
+              "\(key)_server_cpu_s_per_10k",
+              (after - before) * 10_000 / Double(max(cell.calls, 1))
+            )
+          }
           if cell.failed > 0 {
             metrics.note("\(key): \(cell.failed) of \(cell.calls) calls failed")
           }
@@ -156,6 +191,19 @@ enum ConnectionScenario {
       metrics.set("\(key)_failed", report.failures)
     }
     return metrics
+  }
+
+  /// A process's user and system CPU time so far, from `/proc/<pid>/stat`.
+  static func cpuSeconds(pid: pid_t) -> Double? {
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+      let end = stat.lastIndex(of: ")")
+    else { return nil }
+    // Fields after the command name: state is field 3; utime and stime are fields 14 and 15.
+    let fields = stat[stat.index(after: end)...].split(separator: " ")
+    guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else {
+      return nil
+    }
+    return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
   }
 
   struct Cell {
@@ -364,6 +412,8 @@ final class Child: Sendable {
   private let process: Process
   private let input: Pipe
   let address: String
+  /// The process ID, for its CPU time.
+  var pid: pid_t { self.process.processIdentifier }
 
   private init(process: Process, input: Pipe, address: String) {
     self.process = process

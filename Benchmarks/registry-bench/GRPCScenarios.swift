@@ -390,7 +390,8 @@ enum GRPCScenarios {
     let prefix = context.prefix("f")
     let service = "bench-f"
     let logger = context.logger
-    return try await UserServers.with(
+    let ownBalancedRate = Shared<Double?>(nil)
+    let own = try await UserServers.with(
       3,
       endpoint: context.endpoint,
       prefix: prefix,
@@ -419,6 +420,7 @@ enum GRPCScenarios {
           )
           let rate = Double(tally.ok) / max(tally.elapsed.seconds, 1e-9)
           rates[mode] = rate
+          if mode == .balanced { ownBalancedRate.withLock { $0 = rate } }
           metrics.set("calls_\(mode.rawValue)_per_s", rate)
           let calls = max(tally.ok + tally.failed, 1)
           let cpuPer10k = tally.cpuSeconds * 10_000 / Double(calls)
@@ -458,6 +460,41 @@ enum GRPCScenarios {
         return metrics
       }
     }
+    // The same balanced calls to 3 user-servers on grpc-swift's stock server transport: the
+    // ratio is the project's HTTP2Server against it, measured in the same run.
+    let stockPrefix = context.prefix("f-stock")
+    let stock = try await UserServers.with(
+      3,
+      endpoint: context.endpoint,
+      prefix: stockPrefix,
+      service: service,
+      groups: ["one"],
+      extraArguments: ["--server-transport", "stock"]
+    ) { _ in
+      try await withRegistries(
+        1,
+        configuration: context.registry(prefix: stockPrefix),
+        logger: logger
+      ) {
+        registries in
+        Report.progress("f: balanced, stock servers")
+        return try await Self.measure(
+          .balanced,
+          context: context,
+          service: service,
+          registry: registries[0],
+          direct: try ServiceAddress(parsing: "127.0.0.1:1")
+        )
+      }
+    }
+    var combined = own
+    let stockRate = Double(stock.ok) / max(stock.elapsed.seconds, 1e-9)
+    combined.set("calls_balanced_stock_servers_per_s", stockRate)
+    combined.set("failed_balanced_stock_servers", stock.failed)
+    if let ownRate = ownBalancedRate.withLock({ $0 }), stockRate > 0 {
+      combined.set("ratio_balanced_own_servers_to_stock_servers", ownRate / stockRate)
+    }
+    return combined
   }
 
   private static func measure(

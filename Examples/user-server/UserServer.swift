@@ -55,6 +55,12 @@ struct UserServer: AsyncParsableCommand {
 
   @Option(
     help:
+      "The server transport: 'own' (the project's HTTP2Server, the default) or 'stock' (grpc-swift's HTTP2ServerTransport.Posix)."
+  )
+  var serverTransport = "own"
+
+  @Option(
+    help:
       "Serve Prometheus metrics at /metrics on this port, on the --listen host (0 picks a free port; off when absent)."
   )
   var metricsPort: Int?
@@ -113,7 +119,13 @@ struct UserServer: AsyncParsableCommand {
       },
       logger: logger
     )
+    guard self.serverTransport == "own" || self.serverTransport == "stock" else {
+      throw ValidationError(
+        "--server-transport must be 'own' or 'stock', not '\(self.serverTransport)'"
+      )
+    }
     let config = RegisteredServer.Config(name: self.name) {
+      if self.serverTransport == "stock" { $0.transport = .stock }
       $0.host = host
       $0.port = port
       $0.advertisedAddress = self.advertise

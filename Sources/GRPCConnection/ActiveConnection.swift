@@ -10,14 +10,18 @@ final class ActiveConnection: Sendable {
   let streamWindowSize: Int
   let remotePeer: String
   let localPeer: String
+  /// Moves a stream this connection could not open to another connection.
+  let onRefusedStream: (@Sendable (ClientStream) -> Void)?
 
   init(
     id: UInt64,
     channel: any Channel,
     handler: NIOLoopBound<ConnectionHandler>,
     scheme: String,
-    streamWindowSize: Int
+    streamWindowSize: Int,
+    onRefusedStream: (@Sendable (ClientStream) -> Void)? = nil
   ) {
+    self.onRefusedStream = onRefusedStream
     self.id = id
     self.channel = channel
     self.eventLoop = channel.eventLoop
@@ -29,7 +33,7 @@ final class ActiveConnection: Sendable {
   }
 
   /// grpc's peer notation: `ipv4:127.0.0.1:2379`, `ipv6:[::1]:2379`, `unix:/path`.
-  private static func describe(_ address: SocketAddress?) -> String {
+  static func describe(_ address: SocketAddress?) -> String {
     guard let address else { return "unknown" }
     switch address {
     case .v4:

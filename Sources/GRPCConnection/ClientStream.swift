@@ -42,9 +42,14 @@ final class ClientStream: Sendable {
     /// Set on the event loop once the HTTP/2 stream is gone (closed, reset, never opened).
     var transportClosed = false
     var streamID: HTTP2StreamID?
+    /// Times the stream moved to another connection because its own closed or began draining
+    /// before the stream could open.
+    var moves = 0
   }
 
-  let connection: ActiveConnection
+  /// The connection the stream runs on; it changes only before the stream opens (``moved(to:)``).
+  var connection: ActiveConnection { self.home.withLock { $0 } }
+  private let home: Mutex<ActiveConnection>
   let path: String
   let authority: String
   let timeout: Duration?
@@ -64,7 +69,7 @@ final class ClientStream: Sendable {
     maxRequestBytes: Int,
     maxResponseBytes: Int
   ) {
-    self.connection = connection
+    self.home = Mutex(connection)
     self.path = path
     self.authority = authority
     self.timeout = timeout
@@ -97,10 +102,7 @@ final class ClientStream: Sendable {
             """
         )
       }
-      var buffer = ByteBufferAllocator().buffer(capacity: 5 + bytes.count)
-      buffer.writeInteger(UInt8(0))
-      buffer.writeInteger(UInt32(truncatingIfNeeded: bytes.count))
-      buffer.writeBytes(bytes)
+      let buffer = GRPCWire.frame(bytes)
       try await self.enqueue(.message(buffer), bytes: buffer.readableBytes)
     }
   }
@@ -225,6 +227,30 @@ final class ClientStream: Sendable {
     }
   }
 
+  /// The connection could not open the stream (it had closed, or read a GOAWAY, after the stream
+  /// was given to it): nothing was sent, so the stream moves to another connection with its
+  /// queued parts, at most twice; after that, or without a way to move, it fails with `error`.
+  func refused(_ parts: [OutboundPart], error: RPCError) {
+    let move = self.state.withLock { state -> Bool in
+      guard state.failure == nil, state.streamID == nil, state.moves < 2 else { return false }
+      state.moves += 1
+      state.outbound = parts + state.outbound
+      state.flushScheduled = true
+      return true
+    }
+    if move, let onRefused = self.connection.onRefusedStream {
+      onRefused(self)
+    } else {
+      self.fail(error)
+    }
+  }
+
+  /// Continues on `connection` (after ``refused(_:error:)``): the queued parts are flushed there.
+  func moved(to connection: ActiveConnection) {
+    self.home.withLock { $0 = connection }
+    self.scheduleFlush()
+  }
+
   /// Called when the caller's closure has returned: an unfinished stream is reset.
   func close() {
     let open = self.state.withLock { !$0.transportClosed && $0.failure == nil }
@@ -326,6 +352,28 @@ final class ClientStream: Sendable {
 
   func opened(streamID: HTTP2StreamID) {
     self.state.withLock { $0.streamID = streamID }
+  }
+
+  /// The server refused the stream without processing it (REFUSED_STREAM before any response,
+  /// or a GOAWAY whose last stream ID is below it): what was `sent` (the connection keeps up to
+  /// 64 KiB of it) goes again, with whatever is still queued, on another connection (at most
+  /// twice, with ``refused(_:error:)``); without it the RPC fails with `error`, which says it is
+  /// safe to retry.
+  func retryUnprocessed(sent: [OutboundPart]?, error: RPCError) {
+    guard let sent, !sent.isEmpty else {
+      self.fail(error)
+      return
+    }
+    let reopen = self.state.withLock { state -> Bool in
+      guard state.failure == nil else { return false }
+      state.streamID = nil
+      return true
+    }
+    if reopen {
+      self.refused(sent, error: error)
+    } else {
+      self.fail(error)
+    }
   }
 
   /// `bytes` of request data left the HTTP/2 layer (or were dropped).

@@ -32,6 +32,11 @@ final class ConnectionHandler: ChannelInboundHandler {
     var localClosed = false
     var deadline: Scheduled<Void>?
     var lastInboundWindow: Int?
+    /// What was sent while no response had come, up to 64 KiB (`nil` beyond): sent again on
+    /// another connection if the server refuses the stream unprocessed (grpc's transparent
+    /// retry).
+    var sent: [ClientStream.OutboundPart]? = []
+    var sentBytes = 0
   }
 
   struct Settings {
@@ -253,8 +258,14 @@ final class ConnectionHandler: ChannelInboundHandler {
 
   func flush(_ stream: ClientStream) {
     guard let context = self.context else {
-      // The handler left the pipeline: the channel is gone.
-      stream.fail(RPCError(code: .unavailable, message: "The connection to the server was lost."))
+      // The handler left the pipeline: the channel is gone. A stream that never opened moves to
+      // another connection.
+      let error = RPCError(code: .unavailable, message: "The connection to the server was lost.")
+      if stream.streamID == nil, let parts = stream.takeOutbound(), !parts.isEmpty {
+        stream.refused(parts, error: error)
+      } else {
+        stream.fail(error)
+      }
       return
     }
     guard let parts = stream.takeOutbound(), !parts.isEmpty else {
@@ -283,7 +294,17 @@ final class ConnectionHandler: ChannelInboundHandler {
       switch part {
       case .headers(let headers):
         guard streamID == nil else { break }
-        guard let id = self.openStream(stream, context: context) else { return }
+        guard let id = self.openStream(stream, context: context) else {
+          // Nothing of this stream was sent: it may go to another connection.
+          stream.refused(
+            Array(parts[index...]),
+            error: RPCError(
+              code: .unavailable,
+              message: "The connection began closing before the RPC started; it is safe to retry."
+            )
+          )
+          return
+        }
         streamID = id
         // An RPC without request messages ends the stream on its HEADERS.
         let frame = HTTP2Frame(
@@ -327,6 +348,17 @@ final class ConnectionHandler: ChannelInboundHandler {
       index += 1
     }
 
+    if let id = streamID, let record = self.streams.index(forKey: id),
+      case .awaitingHeaders = self.streams.values[record].phase,
+      self.streams.values[record].sent != nil
+    {
+      self.streams.values[record].sentBytes += batchBytes
+      if self.streams.values[record].sentBytes <= 64 * 1024 {
+        self.streams.values[record].sent?.append(contentsOf: parts)
+      } else {
+        self.streams.values[record].sent = nil
+      }
+    }
     if let id = streamID, endsStream {
       self.localClosed(id)
     }
@@ -352,15 +384,12 @@ final class ConnectionHandler: ChannelInboundHandler {
     return !record.localClosed
   }
 
-  private func openStream(_ stream: ClientStream, context: ChannelHandlerContext) -> HTTP2StreamID?
-  {
+  /// Opens the stream; `nil` when this connection takes no new streams (the caller moves it).
+  private func openStream(
+    _ stream: ClientStream,
+    context: ChannelHandlerContext
+  ) -> HTTP2StreamID? {
     if self.closed || self.draining {
-      stream.fail(
-        RPCError(
-          code: .unavailable,
-          message: "The connection began closing before the RPC started; it is safe to retry."
-        )
-      )
       return nil
     }
 
@@ -609,6 +638,10 @@ final class ConnectionHandler: ChannelInboundHandler {
 
   private func receivedReset(_ code: HTTP2ErrorCode, streamID id: HTTP2StreamID) {
     guard let record = self.removeStream(id) else { return }
+    if code == .refusedStream, case .awaitingHeaders = record.phase {
+      record.stream.retryUnprocessed(sent: record.sent, error: GRPCWire.error(forReset: code))
+      return
+    }
     record.stream.fail(GRPCWire.error(forReset: code))
   }
 
@@ -619,8 +652,9 @@ final class ConnectionHandler: ChannelInboundHandler {
       return
     }
     if let lastStreamID = self.goAwayLastStreamID, id > lastStreamID {
-      record.stream.fail(
-        RPCError(
+      record.stream.retryUnprocessed(
+        sent: record.sent,
+        error: RPCError(
           code: .unavailable,
           message:
             "The server is going away (GOAWAY) and did not process the RPC; it is safe to retry."

@@ -89,13 +89,17 @@ enum GRPCWire {
     return "\(min(amount, 99_999_999))\(unit)"
   }
 
-  /// Converts response headers or trailers into metadata, leaving out pseudo-headers and the
-  /// protocol's own fields; `-bin` values are base64-decoded (padded or not).
-  static func metadata(from headers: HPACKHeaders) -> Metadata {
+  /// Converts response headers or trailers (or, with ``reservedRequestFields``, request headers)
+  /// into metadata, leaving out pseudo-headers and the protocol's own fields; `-bin` values are
+  /// base64-decoded (padded or not).
+  static func metadata(
+    from headers: HPACKHeaders,
+    excluding reserved: Set<String> = GRPCWire.reservedResponseHeaders
+  ) -> Metadata {
     var metadata = Metadata()
     metadata.reserveCapacity(headers.count)
     for (name, value, _) in headers {
-      if name.utf8.first == UInt8(ascii: ":") || Self.reservedResponseHeaders.contains(name) {
+      if name.utf8.first == UInt8(ascii: ":") || reserved.contains(name) {
         continue
       }
       if name.hasSuffix("-bin") {

@@ -160,7 +160,7 @@ extension HTTP2Connection.TLS {
     }
   }
 
-  private static func certificates(
+  static func certificates(
     from source: HTTP2Connection.PEMSource,
     what: String
   ) throws -> [NIOSSLCertificate] {
@@ -190,8 +190,7 @@ extension HTTP2Connection.TLS {
     }
   }
 
-  private static func privateKey(from source: HTTP2Connection.PEMSource) throws -> NIOSSLPrivateKey
-  {
+  static func privateKey(from source: HTTP2Connection.PEMSource) throws -> NIOSSLPrivateKey {
     do {
       switch source.kind {
       case .bytes(let bytes):

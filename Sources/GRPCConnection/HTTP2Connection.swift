@@ -204,16 +204,24 @@ public final class HTTP2Connection: ClientTransport, Sendable {
       waitForReady: options.waitForReady ?? false,
       timeout: try Self.remaining(until: deadline)
     )
-    defer { self.releaseConnection(connection) }
+    let timeout: Duration?
+    do {
+      timeout = try Self.remaining(until: deadline)
+    } catch {
+      self.releaseConnection(connection)
+      throw error
+    }
 
     let stream = ClientStream(
       connection: connection,
       path: "/\(descriptor.service.fullyQualifiedService)/\(descriptor.method)",
       authority: self.authority,
-      timeout: try Self.remaining(until: deadline),
+      timeout: timeout,
       maxRequestBytes: options.maxRequestMessageBytes ?? self.config.rpc.maxRequestMessageBytes,
       maxResponseBytes: options.maxResponseMessageBytes ?? self.config.rpc.maxResponseMessageBytes
     )
+    // The stream's connection: the one reserved, or the one it moved to (see `move`).
+    defer { self.releaseConnection(stream.connection) }
     defer { stream.close() }
 
     let rpcStream = RPCStream(
@@ -497,8 +505,27 @@ public final class HTTP2Connection: ClientTransport, Sendable {
       channel: channel,
       handler: handler,
       scheme: sslContext == nil ? "http" : "https",
-      streamWindowSize: self.config.http2.streamWindowSize
+      streamWindowSize: self.config.http2.streamWindowSize,
+      onRefusedStream: { [weak self] stream in self?.move(stream) }
     )
+  }
+
+  /// A stream its connection could not open (closed, or draining after a GOAWAY) before
+  /// anything was sent: it goes to the next connection, as grpc's transparent retry does.
+  private func move(_ stream: ClientStream) {
+    Task {
+      let old = stream.connection
+      do {
+        let next = try await self.reserveConnection(waitForReady: false, timeout: stream.timeout)
+        stream.moved(to: next)
+      } catch {
+        stream.fail(
+          error as? RPCError
+            ?? RPCError(code: .unavailable, message: "No connection for the RPC.", cause: error)
+        )
+      }
+      self.releaseConnection(old)
+    }
   }
 
   private func makeHTTP2ConnectionConfiguration() -> NIOHTTP2Handler.ConnectionConfiguration {

@@ -3,14 +3,37 @@ internal import NIOCore
 
 /// Reassembles length-prefixed gRPC messages (1 flag byte, 4 length bytes, payload) from the
 /// DATA frames of one stream. Frames and messages need not align.
+///
+/// The client reads responses with it and the server requests: `peer` names the side that sent
+/// the bytes, in the errors, and `limitSetting` the setting that raises the size limit.
 struct MessageDeframer {
+  enum Peer: Sendable {
+    case server
+    case client
+
+    var name: String {
+      switch self {
+      case .server: "server"
+      case .client: "client"
+      }
+    }
+  }
+
   private var buffer: ByteBuffer
   private let maxMessageBytes: Int
+  private let peer: Peer
+  private let limitSetting: String
 
-  init(maxMessageBytes: Int) {
+  init(maxMessageBytes: Int, peer: Peer = .server, limitSetting: String = "maxResponseMessageBytes")
+  {
     self.buffer = ByteBuffer()
     self.maxMessageBytes = maxMessageBytes
+    self.peer = peer
+    self.limitSetting = limitSetting
   }
+
+  /// A placeholder holding no buffer.
+  static let empty = MessageDeframer(maxMessageBytes: 0)
 
   /// Whether a partial message is buffered.
   var hasPartialMessage: Bool {
@@ -42,14 +65,14 @@ struct MessageDeframer {
       throw RPCError(
         code: .internalError,
         message: """
-          The server sent a compressed message, but this client does not advertise or support \
-          compression.
+          The \(self.peer.name) sent a compressed message, but compression was not negotiated \
+          (this side advertises and supports identity only).
           """
       )
     default:
       throw RPCError(
         code: .internalError,
-        message: "The server sent a message with an invalid flag byte (\(flag))."
+        message: "The \(self.peer.name) sent a message with an invalid flag byte (\(flag))."
       )
     }
 
@@ -58,8 +81,8 @@ struct MessageDeframer {
       throw RPCError(
         code: .resourceExhausted,
         message: """
-          The server sent a message of \(messageLength) bytes, more than the limit of \
-          \(self.maxMessageBytes) bytes (raise maxResponseMessageBytes to accept it).
+          The \(self.peer.name) sent a message of \(messageLength) bytes, more than the limit \
+          of \(self.maxMessageBytes) bytes (raise \(self.limitSetting) to accept it).
           """
       )
     }

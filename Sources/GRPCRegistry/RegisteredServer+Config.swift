@@ -1,3 +1,5 @@
+public import GRPCConnection
+
 extension RegisteredServer {
   /// Configuration of a ``RegisteredServer``: where it listens, what it registers, and how it
   /// shuts down.
@@ -44,12 +46,17 @@ extension RegisteredServer {
     public var tls: TLS?
     /// Whether PINGs a client sends after real traffic are answered in front of swift-nio-http2,
     /// so that grpc-go clients (which ping with nearly every response) are not disconnected every
-    /// ~200 calls by its control-frame limit (`TrafficPingResponder`). On by default.
+    /// ~200 calls by its control-frame limit (`TrafficPingResponder`). On by default. Only the
+    /// stock transport needs it (``ServerTransportKind/stock``); ``HTTP2Server`` allows those
+    /// PINGs by its own policy.
     public var answersTrafficPings: Bool
+    /// The server transport: the project's own ``HTTP2Server`` (the default), or grpc-swift's
+    /// stock `HTTP2ServerTransport.Posix`.
+    public var transport: ServerTransportKind
 
     /// A configuration for `name` on 127.0.0.1 with a port the system picks, weight 1, no group,
-    /// a 5 s register timeout, a 1 s drain delay, the health service on, no TLS and traffic PINGs
-    /// answered; then `configure`.
+    /// a 5 s register timeout, a 1 s drain delay, the health service on, no TLS, the project's
+    /// own server transport; then `configure`.
     public init(name: String, _ configure: (inout Self) -> Void = { _ in }) {
       self.name = name
       self.host = "127.0.0.1"
@@ -65,7 +72,19 @@ extension RegisteredServer {
       self.servesHealth = true
       self.tls = nil
       self.answersTrafficPings = true
+      self.transport = .own(.defaults)
       configure(&self)
     }
+  }
+}
+
+extension RegisteredServer {
+  /// Which server transport a ``RegisteredServer`` serves on.
+  public enum ServerTransportKind: Sendable {
+    /// The project's ``HTTP2Server`` with this configuration (its `tls` is replaced by
+    /// ``Config/tls``).
+    case own(HTTP2Server.Config)
+    /// grpc-swift-nio-transport's `HTTP2ServerTransport.Posix` with its defaults.
+    case stock
   }
 }

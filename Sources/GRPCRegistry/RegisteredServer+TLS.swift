@@ -19,61 +19,21 @@ extension RegisteredServer {
   /// `IP:10.0.0.7`, or the DNS name of an advertised `host:port`): clients verify it against the
   /// address they dial. Clients configure the matching trust roots in
   /// ``RegistryClientTransport/Config/tls``.
-  public struct TLS: Sendable, Hashable {
-    /// The server's certificate chain (PEM, leaf first).
-    public var certificateChain: HTTP2Connection.PEMSource
-    /// The private key of the leaf certificate (PEM).
-    public var privateKey: HTTP2Connection.PEMSource
-    /// The CA certificates that client certificates must chain to; when set, every client must
-    /// present a certificate signed by one of them (mutual TLS) or its connection is refused.
-    /// `nil` asks for no client certificate.
-    public var clientTrustRoots: HTTP2Connection.PEMSource?
+  public typealias TLS = HTTP2Server.TLS
+}
 
-    /// Creates TLS settings; `clientTrustRoots` non-`nil` requires client certificates.
-    public init(
-      certificateChain: HTTP2Connection.PEMSource,
-      privateKey: HTTP2Connection.PEMSource,
-      clientTrustRoots: HTTP2Connection.PEMSource? = nil
-    ) {
-      self.certificateChain = certificateChain
-      self.privateKey = privateKey
-      self.clientTrustRoots = clientTrustRoots
+extension HTTP2Server.TLS {
+  /// The grpc-swift server transport's security for these settings.
+  var transportSecurity: HTTP2ServerTransport.Posix.TransportSecurity {
+    let chain = [TLSConfig.CertificateSource(self.certificateChain)]
+    let key = TLSConfig.PrivateKeySource(self.privateKey)
+    guard let clientTrustRoots = self.clientTrustRoots else {
+      return .tls(certificateChain: chain, privateKey: key)
     }
-
-    /// TLS with the server's certificate; clients are not asked for one.
-    public static func tls(
-      certificateChain: HTTP2Connection.PEMSource,
-      privateKey: HTTP2Connection.PEMSource
-    ) -> Self {
-      Self(certificateChain: certificateChain, privateKey: privateKey)
-    }
-
-    /// Mutual TLS: the server's certificate, and every client must present a certificate signed
-    /// by a CA in `clientTrustRoots`.
-    public static func mutualTLS(
-      certificateChain: HTTP2Connection.PEMSource,
-      privateKey: HTTP2Connection.PEMSource,
-      clientTrustRoots: HTTP2Connection.PEMSource
-    ) -> Self {
-      Self(
-        certificateChain: certificateChain,
-        privateKey: privateKey,
-        clientTrustRoots: clientTrustRoots
-      )
-    }
-
-    /// The grpc-swift server transport's security for these settings.
-    var transportSecurity: HTTP2ServerTransport.Posix.TransportSecurity {
-      let chain = [TLSConfig.CertificateSource(self.certificateChain)]
-      let key = TLSConfig.PrivateKeySource(self.privateKey)
-      guard let clientTrustRoots = self.clientTrustRoots else {
-        return .tls(certificateChain: chain, privateKey: key)
-      }
-      return .mTLS(certificateChain: chain, privateKey: key) {
-        $0.trustRoots = .certificates([TLSConfig.CertificateSource(clientTrustRoots)])
-        // Clients' certificates name the client, not the address it connects from.
-        $0.clientCertificateVerification = .noHostnameVerification
-      }
+    return .mTLS(certificateChain: chain, privateKey: key) {
+      $0.trustRoots = .certificates([TLSConfig.CertificateSource(clientTrustRoots)])
+      // Clients' certificates name the client, not the address it connects from.
+      $0.clientCertificateVerification = .noHostnameVerification
     }
   }
 }

@@ -1,3 +1,4 @@
+import GRPCConnection
 public import GRPCCore
 import GRPCNIOTransportHTTP2
 public import Logging
@@ -148,13 +149,45 @@ public final class RegisteredServer: Service, Sendable {
 
   private func serve() async throws {
     let bindAddress = try self.bindAddress()
-    var transportConfig = HTTP2ServerTransport.Posix.Config.defaults()
-    if self.config.answersTrafficPings { transportConfig.answerTrafficPings() }
-    let transport = HTTP2ServerTransport.Posix(
-      address: bindAddress,
-      transportSecurity: self.config.tls?.transportSecurity ?? .plaintext,
-      config: transportConfig
-    )
+    switch self.config.transport {
+    case .own(var serverConfig):
+      serverConfig.tls = self.config.tls
+      let host = bindAddress.ipv4?.host ?? bindAddress.ipv6?.host ?? self.config.host
+      let transport = HTTP2Server(
+        host: host,
+        port: self.config.port,
+        config: serverConfig,
+        logger: self.logger
+      )
+      try await self.serve(on: transport) {
+        let address = try await transport.listeningAddress
+        return (address.host, address.port)
+      }
+    case .stock:
+      var transportConfig = HTTP2ServerTransport.Posix.Config.defaults()
+      if self.config.answersTrafficPings { transportConfig.answerTrafficPings() }
+      let transport = HTTP2ServerTransport.Posix(
+        address: bindAddress,
+        transportSecurity: self.config.tls?.transportSecurity ?? .plaintext,
+        config: transportConfig
+      )
+      try await self.serve(on: transport) {
+        let bound = try await transport.listeningAddress
+        if let ipv4 = bound.ipv4 { return (ipv4.host, ipv4.port) }
+        if let ipv6 = bound.ipv6 { return (ipv6.host, ipv6.port) }
+        throw GRPCRegistryError(
+          code: .invalidConfiguration,
+          message:
+            "the server is bound to \(bound), which has no host:port; set an advertised address"
+        )
+      }
+    }
+  }
+
+  private func serve<Transport: ServerTransport>(
+    on transport: Transport,
+    boundAddress: @escaping @Sendable () async throws -> (host: String, port: Int)
+  ) async throws {
     let health = HealthService()
     var services = self.makeServices(self)
     if self.config.servesHealth { services.append(health) }
@@ -173,7 +206,7 @@ public final class RegisteredServer: Service, Sendable {
 
       let instance: ServiceInstance
       do {
-        instance = try await self.bindAndRegister(transport: transport, group: &group)
+        instance = try await self.bindAndRegister(boundAddress: boundAddress, group: &group)
       } catch {
         health.shutdown()
         group.cancelAll()
@@ -240,12 +273,14 @@ public final class RegisteredServer: Service, Sendable {
   }
 
   private func bindAndRegister(
-    transport: HTTP2ServerTransport.Posix,
+    boundAddress: @Sendable () async throws -> (host: String, port: Int),
     group: inout ThrowingTaskGroup<Void, any Error>
   ) async throws -> ServiceInstance {
-    let bound: GRPCNIOTransportHTTP2.SocketAddress
+    let bound: (host: String, port: Int)
     do {
-      bound = try await transport.listeningAddress
+      bound = try await boundAddress()
+    } catch let error as GRPCRegistryError {
+      throw error
     } catch {
       // serve() has failed (the listening address is only missing then): report its error.
       var cause: any Error = error
@@ -339,7 +374,7 @@ public final class RegisteredServer: Service, Sendable {
   }
 
   private func advertisedAddress(
-    bound: GRPCNIOTransportHTTP2.SocketAddress
+    bound: (host: String, port: Int)
   ) throws(GRPCRegistryError) -> String {
     if let advertised = self.config.advertisedAddress {
       let parsed: ServiceAddress
@@ -360,19 +395,7 @@ public final class RegisteredServer: Service, Sendable {
       }
       return parsed.description
     }
-    let host: String
-    let port: Int
-    if let ipv4 = bound.ipv4 {
-      (host, port) = (ipv4.host, ipv4.port)
-    } else if let ipv6 = bound.ipv6 {
-      (host, port) = (ipv6.host, ipv6.port)
-    } else {
-      throw GRPCRegistryError(
-        code: .invalidConfiguration,
-        message:
-          "the server is bound to \(bound), which has no host:port; set an advertised address"
-      )
-    }
+    let (host, port) = bound
     let address = ServiceAddress(host: host, port: port)
     guard address.isUnspecified else { return address.description }
     let candidates = LocalAddresses.routable(ipv4: true, ipv6: address.isIPv6)

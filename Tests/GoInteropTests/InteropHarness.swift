@@ -21,6 +21,8 @@ enum ServerKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
   case go
   /// grpc-swift-2's `HTTP2ServerTransport.Posix` serving the same services.
   case swift
+  /// The project's own `HTTP2Server` serving the same services.
+  case own
 
   var testDescription: String { self.rawValue }
 }
@@ -55,6 +57,29 @@ func withServer<R: Sendable>(
     return try await withGoServer { try await body($0.address) }
   case .swift:
     return try await withSwiftServer(body)
+  case .own:
+    return try await withOwnServer(body)
+  }
+}
+
+/// Runs `body` with the project's `HTTP2Server` serving `UserMesService` and `InteropTest` on a
+/// free loopback port; passes its address.
+func withOwnServer<R: Sendable>(_ body: (String) async throws -> R) async throws -> R {
+  let name = NameBox()
+  let transport = HTTP2Server(host: "127.0.0.1", port: 0, logger: testLogger())
+  let server = GRPCServer(
+    transport: transport,
+    services: [
+      UserDirectory(name: { name.value }),
+      InteropTestService(name: { name.value }),
+    ]
+  )
+  return try await withThrowingDiscardingTaskGroup { group in
+    group.addTask { try await server.serve() }
+    defer { server.beginGracefulShutdown() }
+    let address = try await transport.listeningAddress.description
+    name.value = address
+    return try await body(address)
   }
 }
 

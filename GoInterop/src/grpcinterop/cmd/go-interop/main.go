@@ -8,10 +8,10 @@
 //	    and stops when stdin closes or on SIGTERM/SIGINT.
 //	go-interop bench -target host:port -calls N -concurrency C
 //	    Calls GetById N times from C goroutines over one connection; prints one JSON line.
-//	go-interop reconnect -target host:port -calls N [-stream M]
-//	    Calls GetById N times, one at a time, and counts failed calls and reconnects; prints
-//	    one JSON line. With -stream M, each call is instead a List streaming M messages back,
-//	    all of which are read.
+//	go-interop reconnect -target host:port -calls N [-stream M] [-concurrency C]
+//	    Calls GetById N times, one at a time (or from C goroutines), and counts failed calls
+//	    and reconnects; prints one JSON line. With -stream M, each call is instead a List
+//	    streaming M messages back, all of which are read.
 package main
 
 import (
@@ -269,9 +269,10 @@ func reconnect(args []string) {
 	target := flags.String("target", "", "host:port of the server")
 	calls := flags.Int("calls", 2000, "number of calls")
 	streamed := flags.Int("stream", 0, "messages per call of a server-streaming List (0: unary GetById)")
+	concurrency := flags.Int("concurrency", 1, "concurrent callers")
 	flags.Parse(args)
-	if *target == "" || *calls < 1 || *streamed < 0 {
-		fail("reconnect needs -target, -calls >= 1 and -stream >= 0")
+	if *target == "" || *calls < 1 || *streamed < 0 || *concurrency < 1 {
+		fail("reconnect needs -target, -calls >= 1, -stream >= 0 and -concurrency >= 1")
 	}
 	conn := dial(*target)
 	defer conn.Close()
@@ -332,24 +333,40 @@ func reconnect(args []string) {
 		}
 	}()
 
+	var mutex sync.Mutex
 	failures := 0
 	firstFailure := 0
 	var messages []string
+	var next int64
+	var wg sync.WaitGroup
 	start := time.Now()
-	for i := 1; i <= *calls; i++ {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		err := call(ctx, i)
-		cancel()
-		if err != nil {
-			failures++
-			if firstFailure == 0 {
-				firstFailure = i
+	for c := 0; c < *concurrency; c++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(atomic.AddInt64(&next, 1))
+				if i > *calls {
+					return
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				err := call(ctx, i)
+				cancel()
+				if err != nil {
+					mutex.Lock()
+					failures++
+					if firstFailure == 0 {
+						firstFailure = i
+					}
+					if len(messages) < 3 {
+						messages = append(messages, err.Error())
+					}
+					mutex.Unlock()
+				}
 			}
-			if len(messages) < 3 {
-				messages = append(messages, err.Error())
-			}
-		}
+		}()
 	}
+	wg.Wait()
 	elapsed := time.Since(start).Seconds()
 	close(stop)
 	<-done

@@ -1,0 +1,585 @@
+internal import GRPCCore
+internal import Logging
+internal import NIOCore
+internal import NIOHPACK
+internal import NIOHTTP2
+
+/// The one handler after `NIOHTTP2Handler` on a server connection (no stream multiplexer, no
+/// child channels). It feeds frames to the connection's and each stream's state machine and
+/// performs what they return: starting calls, delivering request messages, writing response
+/// frames, returning flow-control window, GOAWAY and closing.
+final class ServerConnectionHandler: ChannelInboundHandler {
+  typealias InboundIn = HTTP2Frame
+  typealias OutboundOut = HTTP2Frame
+
+  struct Settings: Sendable {
+    var maxRequestBytes: Int
+    var streamWindowSize: Int
+    var connectionWindowSize: Int
+    var policy: ServerConnectionStateMachine.Policy
+    var maxIdleTime: TimeAmount?
+    var maxAge: TimeAmount?
+    var maxGraceTime: TimeAmount?
+  }
+
+  /// Starts a call's handler (in a task of the server's).
+  typealias Launch = @Sendable (ServerStream, MethodDescriptor) -> Void
+
+  private struct StreamRecord {
+    var machine: ServerStreamStateMachine
+    let stream: ServerStream
+    var lastInboundWindow: Int?
+    var deadline: Scheduled<Void>?
+  }
+
+  private let settings: Settings
+  private let knownMethods: [String: MethodDescriptor]
+  private let launch: Launch
+  private let logger: Logger
+  private let onClosed: @Sendable () -> Void
+
+  private var context: ChannelHandlerContext?
+  private var loopBoundSelf: NIOLoopBound<ServerConnectionHandler>?
+  private var connection = ServerConnectionStateMachine()
+  private var streams: [HTTP2StreamID: StreamRecord] = [:]
+  private var inReadLoop = false
+  private var flushPending = false
+  private var lastStreamEnded = NIODeadline.now()
+  /// Trailers written but not yet out of the HTTP/2 layer (flow control may hold a call's last
+  /// DATA frames and its trailers after the stream counts as closed); a drained connection
+  /// closes only once they are out.
+  private var unsentTrailers = 0
+  private var closeWhenSent = false
+  private var idleTimer: Scheduled<Void>?
+  private var ageTimer: Scheduled<Void>?
+  private var graceTimer: Scheduled<Void>?
+
+  init(
+    settings: Settings,
+    knownMethods: [String: MethodDescriptor],
+    logger: Logger,
+    launch: @escaping Launch,
+    onClosed: @escaping @Sendable () -> Void
+  ) {
+    self.settings = settings
+    self.knownMethods = knownMethods
+    self.launch = launch
+    self.logger = logger
+    self.onClosed = onClosed
+    self.connection = ServerConnectionStateMachine(policy: settings.policy)
+  }
+
+  // MARK: - Channel events
+
+  func handlerAdded(context: ChannelHandlerContext) {
+    self.context = context
+    self.loopBoundSelf = NIOLoopBound(self, eventLoop: context.eventLoop)
+    if context.channel.isActive { self.started(context: context) }
+  }
+
+  func channelActive(context: ChannelHandlerContext) {
+    self.started(context: context)
+    context.fireChannelActive()
+  }
+
+  private var didStart = false
+
+  private func started(context: ChannelHandlerContext) {
+    guard !self.didStart else { return }
+    self.didStart = true
+    // The connection window starts at 65,535 whatever SETTINGS say: open it to the configured
+    // size at once.
+    let increment = self.settings.connectionWindowSize - 65_535
+    if increment > 0 {
+      let frame = HTTP2Frame(
+        streamID: .rootStream,
+        payload: .windowUpdate(windowSizeIncrement: increment)
+      )
+      context.writeAndFlush(self.wrapOutboundOut(frame), promise: nil)
+    }
+    let loop = context.eventLoop.assumeIsolated()
+    if let idle = self.settings.maxIdleTime {
+      self.idleTimer = loop.scheduleTask(in: idle) { self.idleTimerFired() }
+    }
+    if let age = self.settings.maxAge {
+      // Jittered by up to 10% so connections opened together do not all close together.
+      let jitter = Int64.random(in: 0 ... max(0, age.nanoseconds / 10))
+      self.ageTimer = loop.scheduleTask(in: age + .nanoseconds(jitter)) {
+        self.drain(reason: "max_age")
+      }
+    }
+  }
+
+  func handlerRemoved(context: ChannelHandlerContext) {
+    self.context = nil
+  }
+
+  func channelInactive(context: ChannelHandlerContext) {
+    self.connection.channelClosed()
+    self.idleTimer?.cancel()
+    self.ageTimer?.cancel()
+    self.graceTimer?.cancel()
+    let records = self.streams
+    self.streams.removeAll()
+    let error = RPCError(
+      code: .unavailable,
+      message: "The client's connection closed before the call completed."
+    )
+    for (_, record) in records {
+      record.deadline?.cancel()
+      if !record.machine.isResponseClosed { record.stream.fail(error) }
+    }
+    self.onClosed()
+    context.fireChannelInactive()
+  }
+
+  func errorCaught(context: ChannelHandlerContext, error: any Error) {
+    // Stream-level errors (a bad header block on one stream) are answered by NIOHTTP2Handler
+    // with RST_STREAM; the stream's close event then ends the call. Connection errors have
+    // already sent GOAWAY: close.
+    if error is NIOHTTP2Errors.StreamError {
+      self.logger.debug("HTTP/2 stream error", metadata: ["grpc.error": "\(error)"])
+      return
+    }
+    self.logger.debug("HTTP/2 connection error", metadata: ["grpc.error": "\(error)"])
+    context.close(promise: nil)
+  }
+
+  func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+    switch event {
+    case let event as NIOHTTP2WindowUpdatedEvent:
+      self.windowUpdated(event, context: context)
+    case let event as StreamClosedEvent:
+      self.streamClosed(event.streamID, reason: event.reason)
+    default:
+      context.fireUserInboundEventTriggered(event)
+    }
+  }
+
+  func channelReadComplete(context: ChannelHandlerContext) {
+    self.inReadLoop = false
+    if self.flushPending {
+      self.flushPending = false
+      context.flush()
+    }
+    context.fireChannelReadComplete()
+  }
+
+  private func flushSoon(context: ChannelHandlerContext) {
+    if self.inReadLoop {
+      self.flushPending = true
+    } else {
+      context.flush()
+    }
+  }
+
+  func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    let frame = self.unwrapInboundIn(data)
+    self.inReadLoop = true
+    switch frame.payload {
+    case .headers(let headers):
+      if self.streams[frame.streamID] == nil {
+        self.openStream(frame.streamID, headers: headers, context: context)
+      } else {
+        self.receivedTrailers(frame.streamID, headers: headers, context: context)
+      }
+    case .data(let data):
+      self.receivedData(frame.streamID, data: data, context: context)
+    case .rstStream(let code):
+      self.receivedReset(frame.streamID, code: code)
+    case .ping(_, ack: false):
+      self.perform(self.connection.receivedPing(at: .now()), context: context)
+    case .settings(.settings):
+      self.perform(self.connection.receivedSettings(at: .now()), context: context)
+    default:
+      ()
+    }
+  }
+
+  // MARK: - Streams
+
+  private func openStream(
+    _ id: HTTP2StreamID,
+    headers: HTTP2Frame.FramePayload.Headers,
+    context: ChannelHandlerContext
+  ) {
+    switch self.connection.streamOpened(id) {
+    case .accept:
+      ()
+    case .refuse:
+      self.write(id, .rstStream(.refusedStream), context: context)
+      self.flushSoon(context: context)
+      return
+    }
+    let (machine, action) = ServerStreamStateMachine.open(
+      headers: headers.headers,
+      endStream: headers.endStream,
+      maxRequestBytes: self.settings.maxRequestBytes,
+      knownMethods: self.knownMethods
+    )
+    switch action {
+    case .start(let descriptor, let metadata, let timeout):
+      guard let handler = self.loopBoundSelf else { return }
+      let stream = ServerStream(
+        id: id,
+        metadata: metadata,
+        handler: handler,
+        streamWindowSize: self.settings.streamWindowSize
+      )
+      if headers.endStream { stream.deliver([], end: true) }
+      var record = StreamRecord(machine: machine, stream: stream)
+      if let timeout {
+        record.deadline = context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(timeout)) {
+          self.deadlineExpired(id)
+        }
+      }
+      self.streams[id] = record
+      self.launch(stream, descriptor)
+    case .reject(let response, let reset):
+      self.write(id, .headers(.init(headers: response, endStream: true)), context: context)
+      if reset { self.write(id, .rstStream(.noError), context: context) }
+      self.flushSoon(context: context)
+      self.streamEnded(context: context)
+    }
+  }
+
+  private func receivedData(
+    _ id: HTTP2StreamID,
+    data: HTTP2Frame.FramePayload.Data,
+    context: ChannelHandlerContext
+  ) {
+    guard let index = self.streams.index(forKey: id),
+      case .byteBuffer(let buffer) = data.data
+    else { return }
+    let action = self.streams.values[index].machine.receivedData(buffer, endStream: data.endStream)
+    self.perform(action, index: index, id: id, context: context)
+  }
+
+  private func receivedTrailers(
+    _ id: HTTP2StreamID,
+    headers: HTTP2Frame.FramePayload.Headers,
+    context: ChannelHandlerContext
+  ) {
+    guard let index = self.streams.index(forKey: id) else { return }
+    let action = self.streams.values[index].machine.receivedTrailers(
+      headers.headers,
+      endStream: headers.endStream
+    )
+    self.perform(action, index: index, id: id, context: context)
+  }
+
+  private func perform(
+    _ action: ServerStreamStateMachine.DataAction,
+    index: Dictionary<HTTP2StreamID, StreamRecord>.Index,
+    id: HTTP2StreamID,
+    context: ChannelHandlerContext
+  ) {
+    switch action {
+    case .none:
+      ()
+    case .deliver(let messages, let end):
+      if !messages.isEmpty || end {
+        self.streams.values[index].stream.deliver(messages, end: end)
+      }
+    case .fail(let trailers, let reset, let error):
+      let record = self.streams.values[index]
+      if let trailers {
+        self.write(id, .headers(.init(headers: trailers, endStream: true)), context: context)
+        self.connection.wroteHeadersOrData()
+      }
+      if let reset { self.write(id, .rstStream(reset), context: context) }
+      self.flushSoon(context: context)
+      record.stream.fail(error)
+      self.removeStream(id, context: context)
+    }
+  }
+
+  private func deadlineExpired(_ id: HTTP2StreamID) {
+    guard let context = self.context, let index = self.streams.index(forKey: id) else { return }
+    let action = self.streams.values[index].machine.deadlineExpired()
+    self.perform(action, index: index, id: id, context: context)
+  }
+
+  private func receivedReset(_ id: HTTP2StreamID, code: HTTP2ErrorCode) {
+    guard let record = self.streams[id] else { return }
+    if !record.machine.isResponseClosed {
+      record.stream.fail(
+        RPCError(code: .cancelled, message: "The client cancelled the call (RST_STREAM \(code)).")
+      )
+    }
+    if let context = self.context { self.removeStream(id, context: context) }
+  }
+
+  private func streamClosed(_ id: HTTP2StreamID, reason: HTTP2ErrorCode?) {
+    guard let record = self.streams[id] else { return }
+    if !record.machine.isResponseClosed {
+      record.stream.fail(
+        RPCError(code: .cancelled, message: "The stream closed before the call completed.")
+      )
+    }
+    if let context = self.context { self.removeStream(id, context: context) }
+  }
+
+  private func removeStream(_ id: HTTP2StreamID, context: ChannelHandlerContext) {
+    guard let record = self.streams.removeValue(forKey: id) else { return }
+    record.deadline?.cancel()
+    self.streamEnded(context: context)
+  }
+
+  private func streamEnded(context: ChannelHandlerContext) {
+    self.lastStreamEnded = .now()
+    switch self.connection.streamClosed() {
+    case .none, .startIdleTimer:
+      ()
+    case .close:
+      self.logger.debug("Drained: the last call ended; closing the connection")
+      self.flushSoon(context: context)
+      self.closeOnceSent(context: context)
+    }
+  }
+
+  private func closeOnceSent(context: ChannelHandlerContext) {
+    if self.unsentTrailers == 0 {
+      context.close(promise: nil)
+    } else {
+      self.closeWhenSent = true
+    }
+  }
+
+  private func trailersSent() {
+    self.unsentTrailers -= 1
+    if self.unsentTrailers == 0, self.closeWhenSent, let context = self.context {
+      context.close(promise: nil)
+    }
+  }
+
+  // MARK: - Responses (on the event loop, from ServerStream)
+
+  func flush(_ stream: ServerStream) {
+    let parts = stream.takeOutbound()
+    guard let context = self.context, let index = self.streams.index(forKey: stream.id) else {
+      // The stream is gone (reset, closed): what was queued is dropped.
+      stream.outboundWritten(bytes: parts.reduce(0) { $0 + $1.bytes })
+      return
+    }
+    let id = stream.id
+    var dataBytes = 0
+    var lastDataPromise: EventLoopPromise<Void>?
+    var ended = false
+    var wroteStreamFrames = false
+    for part in parts {
+      switch self.streams.values[index].machine.write(part) {
+      case .headers(let headers):
+        self.write(id, .headers(.init(headers: headers)), context: context)
+        wroteStreamFrames = true
+      case .data(let buffer):
+        dataBytes += buffer.readableBytes
+        lastDataPromise = context.eventLoop.makePromise(of: Void.self)
+        self.write(
+          id,
+          .data(.init(data: .byteBuffer(buffer))),
+          promise: lastDataPromise,
+          context: context
+        )
+        wroteStreamFrames = true
+      case .headersAndData(let headers, let buffer):
+        self.write(id, .headers(.init(headers: headers)), context: context)
+        dataBytes += buffer.readableBytes
+        lastDataPromise = context.eventLoop.makePromise(of: Void.self)
+        self.write(
+          id,
+          .data(.init(data: .byteBuffer(buffer))),
+          promise: lastDataPromise,
+          context: context
+        )
+        wroteStreamFrames = true
+      case .trailers(let trailers, let reset):
+        let sent = context.eventLoop.makePromise(of: Void.self)
+        self.unsentTrailers += 1
+        sent.futureResult.assumeIsolated().whenComplete { _ in self.trailersSent() }
+        self.write(
+          id,
+          .headers(.init(headers: trailers, endStream: true)),
+          promise: sent,
+          context: context
+        )
+        if reset { self.write(id, .rstStream(.noError), context: context) }
+        ended = true
+        wroteStreamFrames = true
+      case .drop:
+        ()
+      }
+    }
+    if wroteStreamFrames { self.connection.wroteHeadersOrData() }
+    if dataBytes > 0 {
+      if let promise = lastDataPromise, !ended {
+        // When the last DATA frame of the burst leaves the HTTP/2 layer (flow control may hold
+        // it), the writer held back by the high watermark may go on.
+        let bytes = dataBytes
+        promise.futureResult.whenComplete { _ in stream.outboundWritten(bytes: bytes) }
+      } else {
+        stream.outboundWritten(bytes: dataBytes)
+      }
+    }
+    self.flushSoon(context: context)
+  }
+
+  private func write(
+    _ id: HTTP2StreamID,
+    _ payload: HTTP2Frame.FramePayload,
+    promise: EventLoopPromise<Void>? = nil,
+    context: ChannelHandlerContext
+  ) {
+    context.write(
+      self.wrapOutboundOut(HTTP2Frame(streamID: id, payload: payload)),
+      promise: promise
+    )
+  }
+
+  // MARK: - Flow control
+
+  private func windowUpdated(_ event: NIOHTTP2WindowUpdatedEvent, context: ChannelHandlerContext) {
+    guard let window = event.inboundWindowSize else { return }
+    if event.streamID == .rootStream {
+      let target = self.settings.connectionWindowSize
+      if window <= target / 2 {
+        self.sendWindowUpdate(.rootStream, increment: target - window, context: context)
+      }
+      return
+    }
+    guard let index = self.streams.index(forKey: event.streamID) else { return }
+    self.streams.values[index].lastInboundWindow = window
+    let target = self.settings.streamWindowSize
+    guard window <= target / 2 else { return }
+    // A handler that does not read keeps its client's window closed: the request data it has
+    // not read is bounded by one window.
+    if !self.streams.values[index].stream.isOverBuffered {
+      self.streams.values[index].lastInboundWindow = target
+      self.sendWindowUpdate(event.streamID, increment: target - window, context: context)
+    }
+  }
+
+  func sendDeferredWindowUpdate(_ id: HTTP2StreamID) {
+    guard let context = self.context, let index = self.streams.index(forKey: id),
+      let window = self.streams.values[index].lastInboundWindow
+    else { return }
+    let target = self.settings.streamWindowSize
+    guard window < target else { return }
+    self.streams.values[index].lastInboundWindow = target
+    self.sendWindowUpdate(id, increment: target - window, context: context)
+  }
+
+  private func sendWindowUpdate(
+    _ id: HTTP2StreamID,
+    increment: Int,
+    context: ChannelHandlerContext
+  ) {
+    guard increment > 0 else { return }
+    self.write(
+      id,
+      .windowUpdate(windowSizeIncrement: min(increment, Int(Int32.max))),
+      context: context
+    )
+    self.flushSoon(context: context)
+  }
+
+  // MARK: - Draining and policy
+
+  /// Graceful shutdown (or maximum age): GOAWAY, finish the open calls, close.
+  func drain(reason: String) {
+    guard let context = self.context else { return }
+    self.perform(self.connection.beginDraining(reason: reason), context: context)
+  }
+
+  /// Closes the connection at once (the server's task was cancelled); its calls fail.
+  func closeNow() {
+    self.context?.close(promise: nil)
+  }
+
+  private func idleTimerFired() {
+    guard let context = self.context, let idle = self.settings.maxIdleTime else { return }
+    let loop = context.eventLoop.assumeIsolated()
+    let idleSince = self.lastStreamEnded
+    if self.connection.openStreams == 0, NIODeadline.now() - idleSince >= idle {
+      self.perform(self.connection.idleTimeout(), context: context)
+      return
+    }
+    // Busy, or a call ended since: check again when the connection could next be idle long
+    // enough.
+    let next = max(idleSince + idle, NIODeadline.now() + .milliseconds(10))
+    self.idleTimer = loop.scheduleTask(deadline: next) { self.idleTimerFired() }
+  }
+
+  private func perform(
+    _ action: ServerConnectionStateMachine.DrainAction,
+    context: ChannelHandlerContext
+  ) {
+    switch action {
+    case .none:
+      ()
+    case .goAway(let lastStreamID, let code, let debug, let close):
+      self.logger.debug(
+        "Draining connection",
+        metadata: ["grpc.reason": "\(debug)", "http2.last_stream_id": "\(lastStreamID)"]
+      )
+      self.writeGoAway(lastStreamID: lastStreamID, code: code, debug: debug, context: context)
+      if close {
+        self.logger.debug("No call in flight; closing the connection")
+        self.closeOnceSent(context: context)
+      } else if let grace = self.settings.maxGraceTime {
+        self.graceTimer = context.eventLoop.assumeIsolated().scheduleTask(in: grace) {
+          guard let context = self.context, self.connection.graceTimeExpired() else { return }
+          self.logger.debug("Grace time over; closing the connection")
+          context.close(promise: nil)
+        }
+      }
+    }
+  }
+
+  private func perform(
+    _ action: ServerConnectionStateMachine.PolicyAction,
+    context: ChannelHandlerContext
+  ) {
+    switch action {
+    case .none:
+      ()
+    case .goAwayAndClose(let lastStreamID, let debug):
+      self.logger.info(
+        "Closing a client connection that broke the server's policy",
+        metadata: ["grpc.reason": "\(debug)"]
+      )
+      self.writeGoAway(
+        lastStreamID: lastStreamID,
+        code: .enhanceYourCalm,
+        debug: debug,
+        context: context
+      )
+      context.close(promise: nil)
+    }
+  }
+
+  private func writeGoAway(
+    lastStreamID: HTTP2StreamID,
+    code: HTTP2ErrorCode,
+    debug: String,
+    context: ChannelHandlerContext
+  ) {
+    let frame = HTTP2Frame(
+      streamID: .rootStream,
+      payload: .goAway(
+        lastStreamID: lastStreamID,
+        errorCode: code,
+        opaqueData: ByteBuffer(string: debug)
+      )
+    )
+    context.writeAndFlush(self.wrapOutboundOut(frame), promise: nil)
+  }
+}
+
+extension ServerStreamStateMachine.ResponsePart {
+  /// The DATA bytes this part accounts for in the writer's watermark.
+  var bytes: Int {
+    if case .message(let buffer) = self { return buffer.readableBytes }
+    return 0
+  }
+}
