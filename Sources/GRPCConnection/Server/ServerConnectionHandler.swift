@@ -357,43 +357,52 @@ final class ServerConnectionHandler: ChannelInboundHandler {
 
   func flush(_ stream: ServerStream) {
     let parts = stream.takeOutbound()
+    let accounted = parts.reduce(0) { $0 + $1.bytes }
     guard let context = self.context, let index = self.streams.index(forKey: stream.id) else {
       // The stream is gone (reset, closed): what was queued is dropped.
-      stream.outboundWritten(bytes: parts.reduce(0) { $0 + $1.bytes })
+      stream.outboundWritten(bytes: accounted)
       return
     }
     let id = stream.id
-    var dataBytes = 0
-    var lastDataPromise: EventLoopPromise<Void>?
     var ended = false
     var wroteStreamFrames = false
+    // Small messages written in one burst go out as one DATA frame: a stream of tiny messages
+    // costs one frame per burst, not one per message, in the HTTP/2 layer's buffers.
+    var pending: ByteBuffer?
+    func addData(_ buffer: ByteBuffer) {
+      if var gathered = pending, gathered.readableBytes + buffer.readableBytes <= 16 * 1024 {
+        pending = nil  // so that the buffer is not copied on write
+        gathered.writeImmutableBuffer(buffer)
+        pending = gathered
+        return
+      }
+      writePending(promise: nil)
+      pending = buffer
+    }
+    func writePending(promise: EventLoopPromise<Void>?) {
+      guard let buffer = pending else {
+        promise?.succeed()
+        return
+      }
+      pending = nil
+      self.write(id, .data(.init(data: .byteBuffer(buffer))), promise: promise, context: context)
+      wroteStreamFrames = true
+    }
     for part in parts {
       switch self.streams.values[index].machine.write(part) {
       case .headers(let headers):
+        writePending(promise: nil)
         self.write(id, .headers(.init(headers: headers)), context: context)
         wroteStreamFrames = true
       case .data(let buffer):
-        dataBytes += buffer.readableBytes
-        lastDataPromise = context.eventLoop.makePromise(of: Void.self)
-        self.write(
-          id,
-          .data(.init(data: .byteBuffer(buffer))),
-          promise: lastDataPromise,
-          context: context
-        )
-        wroteStreamFrames = true
+        addData(buffer)
       case .headersAndData(let headers, let buffer):
+        writePending(promise: nil)
         self.write(id, .headers(.init(headers: headers)), context: context)
-        dataBytes += buffer.readableBytes
-        lastDataPromise = context.eventLoop.makePromise(of: Void.self)
-        self.write(
-          id,
-          .data(.init(data: .byteBuffer(buffer))),
-          promise: lastDataPromise,
-          context: context
-        )
         wroteStreamFrames = true
+        addData(buffer)
       case .trailers(let trailers, let reset):
+        writePending(promise: nil)
         let sent = context.eventLoop.makePromise(of: Void.self)
         self.unsentTrailers += 1
         sent.futureResult.assumeIsolated().whenComplete { _ in self.trailersSent() }
@@ -410,17 +419,17 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         ()
       }
     }
-    if wroteStreamFrames { self.connection.wroteHeadersOrData() }
-    if dataBytes > 0 {
-      if let promise = lastDataPromise, !ended {
-        // When the last DATA frame of the burst leaves the HTTP/2 layer (flow control may hold
-        // it), the writer held back by the high watermark may go on.
-        let bytes = dataBytes
-        promise.futureResult.whenComplete { _ in stream.outboundWritten(bytes: bytes) }
-      } else {
-        stream.outboundWritten(bytes: dataBytes)
-      }
+    if pending != nil, !ended {
+      // When the burst's last DATA frame leaves the HTTP/2 layer (flow control may hold it
+      // there), the writer held back by the watermark may go on.
+      let written = context.eventLoop.makePromise(of: Void.self)
+      written.futureResult.whenComplete { _ in stream.outboundWritten(bytes: accounted) }
+      writePending(promise: written)
+    } else {
+      writePending(promise: nil)
+      stream.outboundWritten(bytes: accounted)
     }
+    if wroteStreamFrames { self.connection.wroteHeadersOrData() }
     self.flushSoon(context: context)
   }
 
@@ -577,9 +586,10 @@ final class ServerConnectionHandler: ChannelInboundHandler {
 }
 
 extension ServerStreamStateMachine.ResponsePart {
-  /// The DATA bytes this part accounts for in the writer's watermark.
+  /// What this part counts for in the writer's watermark: a message's bytes and a fixed cost for
+  /// the frame and buffers it needs, so that many tiny messages are bounded too.
   var bytes: Int {
-    if case .message(let buffer) = self { return buffer.readableBytes }
+    if case .message(let buffer) = self { return buffer.readableBytes + 128 }
     return 0
   }
 }

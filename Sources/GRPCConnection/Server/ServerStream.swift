@@ -41,9 +41,12 @@ final class ServerStream: Sendable {
   let streamWindowSize: Int
   private let state: Mutex<State>
 
-  /// Writers wait while more than this many response bytes are queued or unsent.
-  private static let highWatermark = 1 << 20
-  private static let lowWatermark = 1 << 19
+  /// Writers wait while more than this many response bytes (``ServerStreamStateMachine/ResponsePart/bytes``)
+  /// are queued or held by flow control: a client that does not read (a zero window) makes the
+  /// server hold at most about this much per call, 256 calls x 64 KiB = 16 MiB per connection
+  /// by default. grpc-go's server limits a stream's unsent data the same way.
+  private static let highWatermark = 64 * 1024
+  private static let lowWatermark = 32 * 1024
 
   init(
     id: HTTP2StreamID,
@@ -136,9 +139,8 @@ final class ServerStream: Sendable {
       prepared = .metadata(GRPCWire.makeResponseHeaders(metadata: metadata))
       bytes = 0
     case .message(let message):
-      let buffer = GRPCWire.frame(message)
-      prepared = .message(buffer)
-      bytes = buffer.readableBytes
+      prepared = .message(GRPCWire.frame(message))
+      bytes = prepared.bytes
     case .status(let status, let metadata):
       prepared = .status(status, metadata)
       bytes = 0
