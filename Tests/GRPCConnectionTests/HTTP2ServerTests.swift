@@ -243,10 +243,14 @@ struct HTTP2ServerTests {
   func maxAge() async throws {
     let config = HTTP2Server.Config.defaults { $0.maxConnectionAge = .milliseconds(200) }
     try await withOwnServer(client: .ours, config: config) { client, server in
+      // Calls one after another until the client has moved across at least three GOAWAYs
+      // (ages of 200-220 ms), and at least 20 calls; bounded by 30 s on a loaded machine.
       let start = ContinuousClock.now
       var calls = 0
-      var refusedBeforeSending = 0
-      while ContinuousClock.now - start < .milliseconds(1500) {
+      var failed = 0
+      while server.acceptedConnectionCount < 4 || calls < 20,
+        ContinuousClock.now - start < .seconds(30)
+      {
         do {
           let response = try await client.call([UInt8(calls % 256)])
           #expect(try response.message == [UInt8(calls % 256)])
@@ -256,13 +260,11 @@ struct HTTP2ServerTests {
           // (ClientStream.refused); one sent as the GOAWAY crossed it is sent again there
           // (ClientStream.retryUnprocessed). Either failing fails this test.
           Issue.record("a call failed across a GOAWAY: \(error)")
-          refusedBeforeSending += 1
+          failed += 1
         }
       }
-      #expect(calls > 10)
-      #expect(refusedBeforeSending == 0)
-      // 1.5 s at an age of 200-220 ms: the client moved to a new connection several times.
-      #expect(server.acceptedConnectionCount >= 3, "\(server.acceptedConnectionCount) connections")
+      #expect(failed == 0)
+      #expect(server.acceptedConnectionCount >= 4, "\(server.acceptedConnectionCount) connections")
     }
   }
 
