@@ -45,11 +45,19 @@ final class ClientStream: Sendable {
     /// Times the stream moved to another connection because its own closed or began draining
     /// before the stream could open.
     var moves = 0
+    /// Between ``refused(_:error:)`` and ``moved(to:)``: no connection may take the parts.
+    var moving = false
   }
 
   /// The connection the stream runs on; it changes only before the stream opens (``moved(to:)``).
-  var connection: ActiveConnection { self.home.withLock { $0 } }
-  private let home: Mutex<ActiveConnection>
+  var connection: ActiveConnection { self.home.withLock { $0.connection } }
+  private let home: Mutex<Home>
+
+  private struct Home {
+    var connection: ActiveConnection
+    /// The caller's reservation was given back (``releaseHome()``): a move must not take over.
+    var released = false
+  }
   let path: String
   let authority: String
   let timeout: Duration?
@@ -69,7 +77,7 @@ final class ClientStream: Sendable {
     maxRequestBytes: Int,
     maxResponseBytes: Int
   ) {
-    self.home = Mutex(connection)
+    self.home = Mutex(Home(connection: connection))
     self.path = path
     self.authority = authority
     self.timeout = timeout
@@ -156,7 +164,7 @@ final class ClientStream: Sendable {
   private func scheduleFlush() {
     let connection = self.connection
     connection.eventLoop.execute {
-      connection.handler.value.flush(self)
+      connection.handler.value.flush(self, on: connection)
     }
   }
 
@@ -230,11 +238,17 @@ final class ClientStream: Sendable {
   /// The connection could not open the stream (it had closed, or read a GOAWAY, after the stream
   /// was given to it): nothing was sent, so the stream moves to another connection with its
   /// queued parts, at most twice; after that, or without a way to move, it fails with `error`.
-  func refused(_ parts: [OutboundPart], error: RPCError) {
+  func refused(_ parts: [OutboundPart], error: RPCError, resentBytes: Int = 0) {
     let move = self.state.withLock { state -> Bool in
-      guard state.failure == nil, state.streamID == nil, state.moves < 2 else { return false }
+      guard state.failure == nil, state.streamID == nil, state.moves < 2, !state.moving else {
+        return false
+      }
       state.moves += 1
+      state.moving = true
       state.outbound = parts + state.outbound
+      // Counted again: they leave the HTTP/2 layer a second time.
+      state.outboundBytes += resentBytes
+      // Set while moving, so that writes meanwhile schedule no flush on the old connection.
       state.flushScheduled = true
       return true
     }
@@ -246,9 +260,27 @@ final class ClientStream: Sendable {
   }
 
   /// Continues on `connection` (after ``refused(_:error:)``): the queued parts are flushed there.
-  func moved(to connection: ActiveConnection) {
-    self.home.withLock { $0 = connection }
+  /// Returns false, and changes nothing, when the caller has already given its connection back
+  /// (``releaseHome()``): the mover then releases `connection` itself.
+  func moved(to connection: ActiveConnection) -> Bool {
+    let taken = self.home.withLock { home -> Bool in
+      if home.released { return false }
+      home.connection = connection
+      return true
+    }
+    guard taken else { return false }
+    self.state.withLock { $0.moving = false }
     self.scheduleFlush()
+    return true
+  }
+
+  /// The caller is done with the stream: the connection whose reservation it gives back (the
+  /// reserved one, or the one the stream moved to). A move still under way then leaves it alone.
+  func releaseHome() -> ActiveConnection {
+    self.home.withLock { home in
+      home.released = true
+      return home.connection
+    }
   }
 
   /// Called when the caller's closure has returned: an unfinished stream is reset.
@@ -338,8 +370,11 @@ final class ClientStream: Sendable {
   }
 
   /// Takes the queued request parts; `nil` if the RPC already failed.
-  func takeOutbound() -> [OutboundPart]? {
-    self.state.withLock { state in
+  func takeOutbound(on connection: ActiveConnection) -> [OutboundPart]? {
+    // A flush queued on a connection the stream has left (or is leaving) takes nothing.
+    guard self.home.withLock({ $0.connection === connection }) else { return nil }
+    return self.state.withLock { state in
+      if state.moving { return nil }
       state.flushScheduled = false
       if state.failure != nil {
         return nil
@@ -370,7 +405,11 @@ final class ClientStream: Sendable {
       return true
     }
     if reopen {
-      self.refused(sent, error: error)
+      var bytes = 0
+      for part in sent {
+        if case .message(let buffer) = part { bytes += buffer.readableBytes }
+      }
+      self.refused(sent, error: error, resentBytes: bytes)
     } else {
       self.fail(error)
     }

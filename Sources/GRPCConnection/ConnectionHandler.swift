@@ -256,19 +256,19 @@ final class ConnectionHandler: ChannelInboundHandler {
 
   // MARK: - Requests (called on the event loop by ClientStream)
 
-  func flush(_ stream: ClientStream) {
+  func flush(_ stream: ClientStream, on connection: ActiveConnection) {
     guard let context = self.context else {
       // The handler left the pipeline: the channel is gone. A stream that never opened moves to
       // another connection.
       let error = RPCError(code: .unavailable, message: "The connection to the server was lost.")
-      if stream.streamID == nil, let parts = stream.takeOutbound(), !parts.isEmpty {
+      if stream.streamID == nil, let parts = stream.takeOutbound(on: connection), !parts.isEmpty {
         stream.refused(parts, error: error)
       } else {
         stream.fail(error)
       }
       return
     }
-    guard let parts = stream.takeOutbound(), !parts.isEmpty else {
+    guard let parts = stream.takeOutbound(on: connection), !parts.isEmpty else {
       return
     }
 

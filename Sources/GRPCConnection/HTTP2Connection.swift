@@ -221,7 +221,7 @@ public final class HTTP2Connection: ClientTransport, Sendable {
       maxResponseBytes: options.maxResponseMessageBytes ?? self.config.rpc.maxResponseMessageBytes
     )
     // The stream's connection: the one reserved, or the one it moved to (see `move`).
-    defer { self.releaseConnection(stream.connection) }
+    defer { self.releaseConnection(stream.releaseHome()) }
     defer { stream.close() }
 
     let rpcStream = RPCStream(
@@ -517,14 +517,19 @@ public final class HTTP2Connection: ClientTransport, Sendable {
       let old = stream.connection
       do {
         let next = try await self.reserveConnection(waitForReady: false, timeout: stream.timeout)
-        stream.moved(to: next)
+        if stream.moved(to: next) {
+          self.releaseConnection(old)
+        } else {
+          // The caller finished meanwhile and gave back `old` itself.
+          self.releaseConnection(next)
+        }
       } catch {
+        // `old` stays the stream's: the caller gives it back.
         stream.fail(
           error as? RPCError
             ?? RPCError(code: .unavailable, message: "No connection for the RPC.", cause: error)
         )
       }
-      self.releaseConnection(old)
     }
   }
 

@@ -296,7 +296,13 @@ public final class HTTP2Server: ServerTransport, Sendable {
     )
     try pipeline.addHandler(handler)
     let refuse = self.state.withLock { state -> Bool in
-      guard case .listening = state.phase else { return true }
+      switch state.phase {
+      case .idle, .listening:
+        // `.idle`: accepted between the bind and `listen` recording it.
+        break
+      case .shuttingDown, .stopped:
+        return true
+      }
       state.connections[key] = NIOLoopBound(handler, eventLoop: channel.eventLoop)
       state.acceptedConnections += 1
       return false

@@ -112,6 +112,9 @@ final class ServerConnectionHandler: ChannelInboundHandler {
 
   func handlerRemoved(context: ChannelHandlerContext) {
     self.context = nil
+    // The streams hold the handler through this too; without them it must not outlive the
+    // channel.
+    self.loopBoundSelf = nil
   }
 
   func channelInactive(context: ChannelHandlerContext) {
@@ -405,14 +408,22 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         writePending(promise: nil)
         let sent = context.eventLoop.makePromise(of: Void.self)
         self.unsentTrailers += 1
-        sent.futureResult.assumeIsolated().whenComplete { _ in self.trailersSent() }
+        sent.futureResult.assumeIsolated().whenComplete { result in
+          // The client is still sending: tell it to stop (RST_STREAM NO_ERROR), but only once
+          // the trailers, and the DATA that flow control may hold before them, are out; a reset
+          // sent earlier would discard them.
+          if reset, case .success = result, let context = self.context {
+            self.write(id, .rstStream(.noError), context: context)
+            self.flushSoon(context: context)
+          }
+          self.trailersSent()
+        }
         self.write(
           id,
           .headers(.init(headers: trailers, endStream: true)),
           promise: sent,
           context: context
         )
-        if reset { self.write(id, .rstStream(.noError), context: context) }
         ended = true
         wroteStreamFrames = true
       case .drop:
@@ -537,7 +548,11 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         self.closeOnceSent(context: context)
       } else if let grace = self.settings.maxGraceTime {
         self.graceTimer = context.eventLoop.assumeIsolated().scheduleTask(in: grace) {
-          guard let context = self.context, self.connection.graceTimeExpired() else { return }
+          // Calls still running, or the last trailers still waiting for a client that does not
+          // read: either way the grace time is over.
+          guard let context = self.context,
+            self.connection.graceTimeExpired() || self.closeWhenSent
+          else { return }
           self.logger.debug("Grace time over; closing the connection")
           context.close(promise: nil)
         }
