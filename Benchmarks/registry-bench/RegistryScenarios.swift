@@ -200,7 +200,8 @@ enum RegistryScenarios {
 
   /// Writes 1, 100, 1,000 and 10,000 instances of four services directly with EtcdClient (no
   /// lease: etcd 3.4 copies every key of a lease on each put to it), then times `instances(of:)`
-  /// of each and, for comparison, the raw prefix get it makes.
+  /// of each and, for comparison, the raw prefix get it makes and (at 1,000 and 10,000) the same
+  /// prefix read by Python's grpcio (`Benchmarks/grpcio-floor/etcd_range_floor.py`).
   static func instances(_ context: BenchContext) async throws -> Metrics {
     let prefix = context.prefix("d")
     let keyspace = try RegistryKeyspace(prefix: prefix)
@@ -223,6 +224,7 @@ enum RegistryScenarios {
           throw BenchError("instances(of: \(service)) returned \(listed.count), expected \(size)")
         }
         let label = size >= 1000 ? "\(size / 1000)k" : "\(size)"
+        var registryP50 = 0.0
         for mode in context.ordered(["registry", "raw"]) {
           for _ in 0 ..< 3 { _ = try await registry.instances(of: service) }
           let phase = context.phase()
@@ -237,6 +239,22 @@ enum RegistryScenarios {
             latencies.append(ContinuousClock.now - begin)
           }
           metrics.latency(mode == "registry" ? "instances_\(label)" : "raw_get_\(label)", latencies)
+          if mode == "registry" { registryP50 = LatencySummary(latencies).p50 }
+        }
+        // The floor that is not ours, on the same keys of the same etcd in the same run.
+        if size >= 1000 {
+          switch await GrpcioFloor.p50(
+            endpoint: context.endpoint,
+            prefix: keyspace.servicePrefix(service),
+            trials: trials,
+            expect: size
+          ) {
+          case .success(let p50):
+            metrics.set("grpcio_range_\(label)_p50_ms", p50)
+            metrics.set("ratio_instances_\(label)_to_grpcio_range", registryP50 / p50)
+          case .failure(let error):
+            metrics.note("no grpcio floor for \(label): \(error)")
+          }
         }
       }
       return metrics

@@ -1,4 +1,5 @@
 import GRPCCore
+import GRPCProtobuf
 import SwiftProtobuf
 
 import struct Foundation.Data
@@ -22,14 +23,16 @@ extension EtcdClient {
   {
     try range.validate("get")
     let request = Self.rangeRequest(range, options)
-    let response = try await self.unary("get") { grpc, metadata, callOptions in
-      try await Etcdserverpb_KV.Client(wrapping: grpc).range(
-        request,
-        metadata: metadata,
+    return try await self.unary("get") { grpc, metadata, callOptions in
+      // Decoded by hand: a listing of thousands of keys is the registry's hottest read.
+      try await grpc.unary(
+        request: ClientRequest(message: request, metadata: metadata),
+        descriptor: Etcdserverpb_KV.Method.Range.descriptor,
+        serializer: ProtobufSerializer<Etcdserverpb_RangeRequest>(),
+        deserializer: RangeResponseDeserializer(),
         options: callOptions
-      )
+      ) { try $0.message }
     }
-    return EtcdGetResult(response)
   }
 
   /// Reads a whole range in pages of at most `pageSize` keys, every page at the revision of the

@@ -9,6 +9,13 @@ public struct EtcdResponseHeader: Hashable, Sendable {
   /// The raft term when the request was served.
   public var raftTerm: UInt64
 
+  init(clusterID: UInt64, memberID: UInt64, revision: Int64, raftTerm: UInt64) {
+    self.clusterID = clusterID
+    self.memberID = memberID
+    self.revision = revision
+    self.raftTerm = raftTerm
+  }
+
   init(_ header: Etcdserverpb_ResponseHeader) {
     self.clusterID = header.clusterID
     self.memberID = header.memberID
@@ -36,6 +43,22 @@ public struct EtcdKeyValue: Hashable, Sendable {
   public var keyString: String { String(decoding: self.key, as: UTF8.self) }
   /// The value as UTF-8 text.
   public var valueString: String { String(decoding: self.value, as: UTF8.self) }
+
+  init(
+    key: [UInt8],
+    value: [UInt8],
+    createRevision: Int64,
+    modRevision: Int64,
+    version: Int64,
+    lease: Int64
+  ) {
+    self.key = key
+    self.value = value
+    self.createRevision = createRevision
+    self.modRevision = modRevision
+    self.version = version
+    self.lease = lease
+  }
 
   init(_ kv: Etcdserverpb_KeyValue) {
     self.key = Array(kv.key)
@@ -171,6 +194,13 @@ public struct EtcdGetResult: Hashable, Sendable {
   public var count: Int64
   /// Whether more keys exist beyond `limit`.
   public var more: Bool
+
+  init(header: EtcdResponseHeader, kvs: [EtcdKeyValue], count: Int64, more: Bool) {
+    self.header = header
+    self.kvs = kvs
+    self.count = count
+    self.more = more
+  }
 
   init(_ response: Etcdserverpb_RangeResponse) {
     self.header = EtcdResponseHeader(response.header)

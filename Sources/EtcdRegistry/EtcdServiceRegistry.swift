@@ -249,8 +249,13 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
       pageSize: self.configuration.listPageSize
     )
     var instances: [ServiceInstance] = []
-    for kv in result.kvs {
-      if let instance = self.decode(kv, service: service) { instances.append(instance) }
+    instances.reserveCapacity(result.kvs.count)
+    let prefix = Array(self.keyspace.servicePrefix(service).utf8)
+    // By index: no copy (and later release) of every key-value.
+    for index in result.kvs.indices {
+      if let instance = self.decode(result.kvs[index], service: service, prefix: prefix) {
+        instances.append(instance)
+      }
     }
     return RegistrySnapshot(
       service: service,
@@ -259,20 +264,27 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
     )
   }
 
-  func decode(_ kv: EtcdKeyValue, service: String) -> ServiceInstance? {
-    let key = kv.keyString
-    guard let (keyService, address) = self.keyspace.parse(key), keyService == service else {
-      return nil
-    }
+  /// Decodes the instance stored in `kv`, a key under `prefix` (the service's key prefix, as
+  /// bytes); `nil` for a key of another layout or a malformed value (counted and logged).
+  func decode(_ kv: EtcdKeyValue, service: String, prefix: [UInt8]) -> ServiceInstance? {
+    // The address is the rest of the key after the service's prefix.
+    guard kv.key.count > prefix.count, kv.key.starts(with: prefix) else { return nil }
+    let address = String(decoding: kv.key[prefix.count...], as: UTF8.self)
     do {
-      return try self.configuration.codec.decode(kv.value, service: service, address: address)
+      // Every caller has validated `service` (listing and watching check it first).
+      return try self.configuration.codec.decode(
+        kv.value,
+        service: service,
+        address: address,
+        serviceIsValid: true
+      )
     } catch {
       self.metrics.malformedValues.increment()
       self.logger.warning(
         "skipped malformed registry value",
         metadata: [
           "registry.service": "\(service)", "registry.address": "\(address)",
-          "registry.key": "\(key)", "registry.error": "\(error.message)",
+          "registry.key": "\(kv.keyString)", "registry.error": "\(error.message)",
           "etcd.revision": "\(kv.modRevision)",
         ]
       )

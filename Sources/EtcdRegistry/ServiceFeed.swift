@@ -165,7 +165,11 @@ final class ServiceFeed: Sendable {
         switch event.kind {
         case .put:
           // A value that does not decode is treated as absent: the instance cannot be dialled.
-          return (address, registry.decode(event.kv, service: self.service), event.kv.modRevision)
+          return (
+            address,
+            registry.decode(event.kv, service: self.service, prefix: Array(self.prefix.utf8)),
+            event.kv.modRevision
+          )
         case .delete:
           return (address, nil, event.kv.modRevision)
         }

@@ -40,6 +40,10 @@ struct Balancer {
     var ejectedUntil: ContinuousClock.Instant?
     var ejections = 0
     var onProbation = false
+    /// Joined after the first snapshot: slow start applies to it.
+    var joinedLate = false
+    /// When slow start began for it (its first connection); `nil` when not ramping.
+    var rampStart: ContinuousClock.Instant?
 
     var isEjected: Bool { self.ejectedUntil != nil }
   }
@@ -48,6 +52,16 @@ struct Balancer {
   let policy: RegistryClientTransport.LoadBalancingPolicy
   let outlier: RegistryClientTransport.OutlierDetection
   let healthChecking: Bool
+  let subsetting: RegistryClientTransport.Subsetting?
+  let slowStart: RegistryClientTransport.SlowStart?
+  /// Weights are scaled by this so that slow start can ramp a weight of 1.
+  private let weightScale: Int
+
+  /// Every instance in the registry's last snapshot, sorted by address.
+  private(set) var registered: [ServiceInstance] = []
+  /// With subsetting: the scopes (`nil` for the whole service, else a group) whose subsets are
+  /// connected.
+  private(set) var scopes: Set<String?> = []
 
   private(set) var entries: [UInt64: Entry] = [:]
   /// The registered instances: address to the id of its live entry.
@@ -57,6 +71,8 @@ struct Balancer {
   private var order: [UInt64] = []
   /// The candidates of the pick in progress; kept to reuse its storage.
   private var scratch: [UInt64] = []
+  /// The usable preferred instances of the pick in progress; kept to reuse its storage.
+  private var preferredScratch: [UInt64] = []
   private(set) var hasSnapshot = false
   private(set) var shuttingDown = false
   private(set) var generation: UInt64 = 0
@@ -67,12 +83,19 @@ struct Balancer {
     service: String,
     policy: RegistryClientTransport.LoadBalancingPolicy,
     outlier: RegistryClientTransport.OutlierDetection,
-    healthChecking: Bool
+    healthChecking: Bool,
+    subsetting: RegistryClientTransport.Subsetting? = nil,
+    slowStart: RegistryClientTransport.SlowStart? = nil,
+    defaultGroup: String? = nil
   ) {
     self.service = service
     self.policy = policy
     self.outlier = outlier
     self.healthChecking = healthChecking
+    self.subsetting = subsetting
+    self.slowStart = slowStart
+    self.weightScale = slowStart == nil ? 1 : 1000
+    self.scopes = [defaultGroup]
   }
 
   mutating func makeID() -> UInt64 {
@@ -110,11 +133,64 @@ struct Balancer {
     _ instances: [ServiceInstance],
     makeSubchannel: (UInt64, ServiceInstance) -> Subchannel?
   ) -> Effects {
-    var effects = Effects()
-    guard !self.shuttingDown else { return effects }
+    guard !self.shuttingDown else { return Effects() }
+    self.registered = instances.sorted { $0.address < $1.address }
+    let effects = self.reconcile(makeSubchannel: makeSubchannel)
     self.hasSnapshot = true
+    return effects
+  }
+
+  /// With subsetting, makes sure the subset of `group`'s scope is connected (the first call of a
+  /// group adds it). Does nothing without subsetting.
+  mutating func ensureScope(
+    _ group: String?,
+    makeSubchannel: (UInt64, ServiceInstance) -> Subchannel?
+  ) -> Effects {
+    guard self.subsetting != nil, !self.shuttingDown, !self.scopes.contains(group) else {
+      return Effects()
+    }
+    self.scopes.insert(group)
+    guard self.hasSnapshot else { return Effects() }
+    return self.reconcile(makeSubchannel: makeSubchannel)
+  }
+
+  /// The registered instances to connect to: all of them, or with subsetting the union of the
+  /// scopes' subsets.
+  func selected() -> [ServiceInstance] {
+    // A service of at most `threshold` instances is connected in full, every group included.
+    guard let subsetting = self.subsetting, self.registered.count > subsetting.threshold else {
+      return self.registered
+    }
+    var chosen: [ServiceInstance] = []
     var seen = Set<String>()
-    for instance in instances {
+    for scope in self.scopes {
+      let members =
+        scope.map { group in self.registered.filter { $0.group == group } }
+        ?? self.registered
+      for index in Self.subset(count: members.count, subsetting) {
+        if seen.insert(members[index].address).inserted { chosen.append(members[index]) }
+      }
+    }
+    return chosen
+  }
+
+  /// The indexes, into a scope of `count` instances sorted by address, of the client's subset:
+  /// all of them up to the threshold, else the `subsetSize` arcs from the client's position on.
+  static func subset(count: Int, _ subsetting: RegistryClientTransport.Subsetting) -> [Int] {
+    let size = max(1, subsetting.subsetSize)
+    guard count > max(subsetting.threshold, size) else { return Array(0 ..< count) }
+    let first = subsetting.position.firstArc(of: count)
+    return (0 ..< size).map { (first + $0) % count }
+  }
+
+  /// Makes the connections match ``selected()``: new instances get a subchannel, instances no
+  /// longer selected are closed once their calls finish.
+  private mutating func reconcile(
+    makeSubchannel: (UInt64, ServiceInstance) -> Subchannel?
+  ) -> Effects {
+    var effects = Effects()
+    var seen = Set<String>()
+    for instance in self.selected() {
       seen.insert(instance.address)
       if let id = self.active[instance.address] {
         self.entries[id]?.instance = instance
@@ -134,7 +210,8 @@ struct Balancer {
       self.entries[id] = Entry(
         subchannel: subchannel,
         instance: instance,
-        health: self.healthChecking ? .unknown : .notWatched
+        health: self.healthChecking ? .unknown : .notWatched,
+        joinedLate: self.hasSnapshot && self.slowStart != nil
       )
       self.active[instance.address] = id
       effects.start.append(subchannel)
@@ -185,12 +262,21 @@ struct Balancer {
 
   // MARK: State of an instance
 
-  mutating func setConnectivity(_ id: UInt64, _ connectivity: Connectivity) -> Effects {
+  mutating func setConnectivity(
+    _ id: UInt64,
+    _ connectivity: Connectivity,
+    now: ContinuousClock.Instant = .now
+  ) -> Effects {
     var effects = Effects()
     guard self.entries[id] != nil, self.entries[id]?.connectivity != connectivity else {
       return effects
     }
     self.entries[id]?.connectivity = connectivity
+    // Slow start runs from the first connection of an instance that joined late.
+    if connectivity == .ready, self.entries[id]?.joinedLate == true {
+      self.entries[id]?.joinedLate = false
+      self.entries[id]?.rampStart = now
+    }
     self.changed(&effects)
     return effects
   }
@@ -213,6 +299,7 @@ struct Balancer {
 
   mutating func pick(
     group: String?,
+    preference: RegistryClientTransport.MetadataPreference? = nil,
     excluding excluded: [UInt64],
     now: ContinuousClock.Instant,
     random: inout some RandomNumberGenerator
@@ -234,9 +321,20 @@ struct Balancer {
     var candidates: [UInt64] = []
     swap(&candidates, &self.scratch)
     candidates.removeAll(keepingCapacity: true)
+    // With a metadata preference: the preferred instances, and those of them in the first tier.
+    var preferred = 0
+    var preferredUsable: [UInt64] = []
+    if preference != nil {
+      swap(&preferredUsable, &self.preferredScratch)
+      preferredUsable.removeAll(keepingCapacity: true)
+    }
     defer {
       candidates.removeAll(keepingCapacity: true)
       swap(&candidates, &self.scratch)
+      if preference != nil {
+        preferredUsable.removeAll(keepingCapacity: true)
+        swap(&preferredUsable, &self.preferredScratch)
+      }
     }
     for id in self.order {
       // In place through the index: no copy of the entry, one hash lookup.
@@ -248,6 +346,9 @@ struct Balancer {
         self.entries.values[index].ejectedUntil = nil
         self.entries.values[index].onProbation = true
       }
+      // Every preferred instance counts towards the share, usable or not.
+      let isPreferred = preference?.matches(self.entries.values[index].instance) ?? false
+      if isPreferred { preferred += 1 }
       let health = self.entries.values[index].health
       if health.excludes || excluded.contains(id) { continue }
       let connectivity = self.entries.values[index].connectivity
@@ -266,6 +367,13 @@ struct Balancer {
         candidates.removeAll(keepingCapacity: true)
       }
       if tier == bestTier { candidates.append(id) }
+      if isPreferred, tier == 0 { preferredUsable.append(id) }
+    }
+    // The preferred instances take the call while enough of them are usable.
+    if let preference, !preferredUsable.isEmpty,
+      Double(preferredUsable.count) >= preference.minimumHealthyShare * Double(preferred)
+    {
+      swap(&candidates, &preferredUsable)
     }
     if inGroup == 0 {
       return .unavailable(self.noInstancesError(group: group))
@@ -283,9 +391,9 @@ struct Balancer {
     let chosen: UInt64
     switch self.policy.value {
     case .weightedRoundRobin:
-      chosen = self.smoothWeightedRoundRobin(candidates)
+      chosen = self.smoothWeightedRoundRobin(candidates, now: now)
     case .powerOfTwoChoices:
-      chosen = self.powerOfTwoChoices(candidates, random: &random)
+      chosen = self.powerOfTwoChoices(candidates, now: now, random: &random)
     }
     self.entries[chosen]!.outstanding += 1
     return .picked(self.entries[chosen]!.subchannel)
@@ -293,13 +401,16 @@ struct Balancer {
 
   /// Smooth weighted round robin (as in nginx): every candidate's current weight grows by its
   /// weight, the largest wins and gives back the total.
-  private mutating func smoothWeightedRoundRobin(_ candidates: [UInt64]) -> UInt64 {
+  private mutating func smoothWeightedRoundRobin(
+    _ candidates: [UInt64],
+    now: ContinuousClock.Instant
+  ) -> UInt64 {
     if candidates.count == 1 { return candidates[0] }
     var total = 0
     var best: UInt64 = candidates[0]
     var bestWeight = Int.min
     for id in candidates {
-      let weight = self.entries[id]!.instance.effectiveWeight
+      let weight = self.weight(of: id, now: now)
       total += weight
       self.entries[id]!.currentWeight += weight
       let current = self.entries[id]!.currentWeight
@@ -312,20 +423,40 @@ struct Balancer {
     return best
   }
 
-  private func powerOfTwoChoices(
+  private mutating func powerOfTwoChoices(
     _ candidates: [UInt64],
+    now: ContinuousClock.Instant,
     random: inout some RandomNumberGenerator
   ) -> UInt64 {
     if candidates.count == 1 { return candidates[0] }
     let first = Int.random(in: 0 ..< candidates.count, using: &random)
     var second = Int.random(in: 0 ..< candidates.count - 1, using: &random)
     if second >= first { second += 1 }
-    let a = self.entries[candidates[first]]!
-    let b = self.entries[candidates[second]]!
+    let a = candidates[first]
+    let b = candidates[second]
     // Compare outstanding/weight without dividing: a.out * b.w vs b.out * a.w.
-    let loadA = (a.outstanding + 1) * b.instance.effectiveWeight
-    let loadB = (b.outstanding + 1) * a.instance.effectiveWeight
-    return loadA <= loadB ? candidates[first] : candidates[second]
+    let loadA = (self.entries[a]!.outstanding + 1) * self.weight(of: b, now: now)
+    let loadB = (self.entries[b]!.outstanding + 1) * self.weight(of: a, now: now)
+    return loadA <= loadB ? a : b
+  }
+
+  /// The weight the picker uses: the instance's weight (scaled), ramped during slow start.
+  /// Ends the ramp once its window has passed.
+  mutating func weight(of id: UInt64, now: ContinuousClock.Instant) -> Int {
+    let full = self.entries[id]!.instance.effectiveWeight * self.weightScale
+    guard let start = self.entries[id]!.rampStart, let slowStart = self.slowStart else {
+      return full
+    }
+    let elapsed = now - start
+    if elapsed >= slowStart.window || slowStart.window <= .zero {
+      self.entries[id]!.rampStart = nil
+      return full
+    }
+    let share = max(
+      min(slowStart.minimumWeightShare, 1),
+      elapsed / slowStart.window
+    )
+    return max(1, Int(Double(full) * share))
   }
 
   private func noInstancesError(group: String?) -> RPCError {
@@ -337,9 +468,7 @@ struct Balancer {
       )
     }
     var groups = Set<String>()
-    for id in self.active.values {
-      if let entry = self.entries[id] { groups.insert(entry.instance.group) }
-    }
+    for instance in self.registered { groups.insert(instance.group) }
     let known = groups.sorted().map { $0.isEmpty ? "(none)" : $0 }.joined(separator: ", ")
     return RPCError(
       code: .unavailable,

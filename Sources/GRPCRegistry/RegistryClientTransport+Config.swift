@@ -52,6 +52,17 @@ extension RegistryClientTransport {
     /// }
     /// ```
     public var tls: HTTP2Connection.TLS?
+    /// Deterministic subsetting: with many instances, connect to a subset of them. On by
+    /// default for scopes of more than 100 instances (subsets of 25); `nil` connects to every
+    /// instance however many there are.
+    public var subsetting: Subsetting?
+    /// Slow start of instances that join while the transport runs; `nil` (the default) gives
+    /// them their full weight at once.
+    public var slowStart: SlowStart?
+    /// The metadata (such as the caller's `zone`) whose instances calls prefer, unless a call
+    /// sets its own with ``withRegistryMetadataPreference(_:isolation:_:)``; `nil` (the default)
+    /// for no preference.
+    public var metadataPreference: MetadataPreference?
 
     /// Creates a configuration.
     public init(
@@ -64,7 +75,10 @@ extension RegistryClientTransport {
       registryBackoff: HTTP2Connection.Backoff,
       serviceConfig: ServiceConfig,
       metricsFactory: any MetricsFactory = MetricsSystem.factory,
-      tls: HTTP2Connection.TLS? = nil
+      tls: HTTP2Connection.TLS? = nil,
+      subsetting: Subsetting? = Subsetting(),
+      slowStart: SlowStart? = nil,
+      metadataPreference: MetadataPreference? = nil
     ) {
       self.loadBalancing = loadBalancing
       self.connection = connection
@@ -76,6 +90,9 @@ extension RegistryClientTransport {
       self.serviceConfig = serviceConfig
       self.metricsFactory = metricsFactory
       self.tls = tls
+      self.subsetting = subsetting
+      self.slowStart = slowStart
+      self.metadataPreference = metadataPreference
     }
 
     /// Smooth weighted round robin over the project's own connections in plaintext, health

@@ -98,7 +98,10 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
         service: target.service,
         policy: config.loadBalancing,
         outlier: config.outlierDetection,
-        healthChecking: config.healthChecking != nil
+        healthChecking: config.healthChecking != nil,
+        subsetting: config.subsetting,
+        slowStart: config.slowStart,
+        defaultGroup: target.group
       )
     )
     (self.actions, self.actionsContinuation) = AsyncStream.makeStream(of: Subchannel.self)
@@ -172,6 +175,7 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
     _ closure: (_ stream: RPCStream<Inbound, Outbound>, _ context: ClientContext) async throws -> T
   ) async throws -> T {
     let group = currentRegistryGroup ?? self.target.group
+    let preference = RegistryPreferenceContext.preference ?? self.config.metadataPreference
     let deadline = HTTP2Connection.deadline(of: options)
     var excluded: [UInt64] = []
     var lastError: (any Error)?
@@ -180,6 +184,7 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
       do {
         subchannel = try await self.pick(
           group: group,
+          preference: preference,
           excluding: excluded,
           waitForReady: options.waitForReady ?? false,
           deadline: deadline
@@ -313,6 +318,7 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
 
   private func pick(
     group: String?,
+    preference: MetadataPreference?,
     excluding excluded: [UInt64],
     waitForReady: Bool,
     deadline: ContinuousClock.Instant?
@@ -321,12 +327,25 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
     while true {
       var random = SystemRandomNumberGenerator()
       let now = ContinuousClock.now
+      var scopeEffects: Balancer.Effects?
       let (result, hasSnapshot, generation) = self.state.withLock { state in
-        (
-          state.pick(group: group, excluding: excluded, now: now, random: &random),
+        if state.subsetting != nil {
+          scopeEffects = state.ensureScope(group) { id, instance in
+            self.makeSubchannel(id: id, instance: instance)
+          }
+        }
+        return (
+          state.pick(
+            group: group,
+            preference: preference,
+            excluding: excluded,
+            now: now,
+            random: &random
+          ),
           state.hasSnapshot, state.generation
         )
       }
+      if let scopeEffects { self.perform(scopeEffects) }
       let error: RPCError
       switch result {
       case .picked(let subchannel):

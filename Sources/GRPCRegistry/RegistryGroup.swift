@@ -63,3 +63,34 @@ extension ServiceContext {
     set { self[RegistryGroupKey.self] = newValue }
   }
 }
+
+/// The metadata preference of the calls made by the current task, set by
+/// ``withRegistryMetadataPreference(_:isolation:_:)``.
+enum RegistryPreferenceContext {
+  @TaskLocal static var preference: RegistryClientTransport.MetadataPreference?
+}
+
+/// Runs `body` with every call it makes through a ``RegistryClientTransport`` preferring the
+/// instances whose metadata matches `preference` (see
+/// ``RegistryClientTransport/MetadataPreference``), overriding the transport's
+/// ``RegistryClientTransport/Config/metadataPreference``; `nil` means the transport's.
+///
+/// ```swift
+/// let user = try await withRegistryMetadataPreference(.init(["zone": "eu-west-1a"])) {
+///   try await client.getById(.with { $0.id = 7 })
+/// }
+/// ```
+///
+/// The preference works within the call's group, and falls back to all its instances when too
+/// few preferred ones are usable.
+public func withRegistryMetadataPreference<Result>(
+  _ preference: RegistryClientTransport.MetadataPreference?,
+  isolation: isolated (any Actor)? = #isolation,
+  _ body: () async throws -> Result
+) async rethrows -> Result {
+  try await RegistryPreferenceContext.$preference.withValue(
+    preference,
+    operation: body,
+    isolation: isolation
+  )
+}

@@ -62,6 +62,18 @@ public struct InstanceCodec: Sendable, CustomStringConvertible {
     service: String,
     address: String
   ) throws(RegistryError) -> ServiceInstance {
+    try self.decode(bytes, service: service, address: address, serviceIsValid: false)
+  }
+
+  /// ``decode(_:service:address:)`` for a caller that has validated `service` already (a
+  /// listing decodes thousands of instances of one service): an instance named `service` skips
+  /// the name check.
+  package func decode(
+    _ bytes: [UInt8],
+    service: String,
+    address: String,
+    serviceIsValid: Bool
+  ) throws(RegistryError) -> ServiceInstance {
     var instance: ServiceInstance
     do {
       instance = try self.decodeValue(bytes)
@@ -77,7 +89,7 @@ public struct InstanceCodec: Sendable, CustomStringConvertible {
     if instance.name.isEmpty { instance.name = service }
     if instance.address.isEmpty { instance.address = address }
     do {
-      try instance.validate()
+      try instance.validate(nameKnownValid: serviceIsValid ? service : nil)
     } catch {
       throw RegistryError(
         code: .malformedValue,
@@ -90,7 +102,7 @@ public struct InstanceCodec: Sendable, CustomStringConvertible {
 }
 
 /// Go's `encoding/json` output for the Go design's struct, field by field.
-private enum GoJSON {
+enum GoJSON {
   static func encode(_ instance: ServiceInstance) -> [UInt8] {
     var writer = JSONWriter()
     writer.beginObject()
@@ -117,6 +129,18 @@ private enum GoJSON {
   /// Reads the fields by their exact names (as the writer spells them); a field that is
   /// absent or `null` keeps its zero value, as in Go; unknown fields are skipped.
   static func decode(_ bytes: [UInt8]) throws -> ServiceInstance {
+    let canonical = bytes.withUnsafeBufferPointer { buffer in
+      var reader = CanonicalReader(bytes: buffer)
+      return reader.read()
+    }
+    if canonical != nil {
+      return canonical.unsafelyUnwrapped
+    }
+    return try self.decodeGeneral(bytes)
+  }
+
+  /// The general reader: any field order, whitespace, escapes, `null`s and unknown fields.
+  static func decodeGeneral(_ bytes: [UInt8]) throws -> ServiceInstance {
     var reader = JSONReader(bytes)
     var instance = ServiceInstance(name: "", address: "", weight: 0)
     try reader.readObject(nullable: false) { reader, key in
@@ -303,5 +327,97 @@ struct JSONWriter {
     for shift in stride(from: 12, through: 0, by: -4) {
       self.bytes.append(Self.hex[Int((value >> UInt32(shift)) & 0xF)])
     }
+  }
+}
+
+/// Reads exactly what ``GoJSON/encode(_:)`` (and Go's `encoding/json`) writes for an instance:
+/// the four fields in order, optional `Metadata` and `Version`, no whitespace, no escapes.
+/// Anything else returns `nil`, and the general `JSONReader` takes over (with its errors). For
+/// the input it accepts it gives what `JSONReader` gives, a few times faster: listing 10,000
+/// instances decodes 10,000 of these.
+private struct CanonicalReader {
+  let bytes: UnsafeBufferPointer<UInt8>
+  var index = 0
+
+  init(bytes: UnsafeBufferPointer<UInt8>) {
+    self.bytes = bytes
+  }
+
+  mutating func read() -> ServiceInstance? {
+    guard self.literal("{\"Name\":"), let name = self.string(),
+      self.literal(",\"Address\":"), let address = self.string(),
+      self.literal(",\"Weight\":"), let weight = self.integer(),
+      self.literal(",\"Group\":"), let group = self.string()
+    else { return nil }
+    var instance = ServiceInstance(name: name, address: address, weight: weight, group: group)
+    if self.literal(",\"Metadata\":{") {
+      var metadata: [String: String] = [:]
+      if !self.literal("}") {
+        repeat {
+          guard let key = self.string(), self.literal(":"), let value = self.string() else {
+            return nil
+          }
+          metadata[key] = value
+        } while self.literal(",")
+        guard self.literal("}") else { return nil }
+      }
+      instance.metadata = metadata
+    }
+    if self.literal(",\"Version\":") {
+      guard let version = self.string() else { return nil }
+      instance.version = version
+    }
+    guard self.literal("}"), self.index == self.bytes.count else { return nil }
+    return instance
+  }
+
+  private mutating func literal(_ text: StaticString) -> Bool {
+    let count = text.utf8CodeUnitCount
+    guard self.bytes.count - self.index >= count else { return false }
+    let start = text.utf8Start
+    for offset in 0 ..< count where self.bytes[self.index + offset] != start[offset] {
+      return false
+    }
+    self.index += count
+    return true
+  }
+
+  /// A string without escapes or control characters.
+  private mutating func string() -> String? {
+    guard self.index < self.bytes.count, self.bytes[self.index] == UInt8(ascii: "\"") else {
+      return nil
+    }
+    let start = self.index + 1
+    var end = start
+    while end < self.bytes.count {
+      let byte = self.bytes[end]
+      if byte == UInt8(ascii: "\"") {
+        self.index = end + 1
+        return String(
+          decoding: UnsafeBufferPointer(rebasing: self.bytes[start ..< end]),
+          as: UTF8.self
+        )
+      }
+      if byte == UInt8(ascii: "\\") || byte < 0x20 { return nil }
+      end += 1
+    }
+    return nil
+  }
+
+  /// A non-negative integer without a leading zero, of at most 18 digits.
+  private mutating func integer() -> Int? {
+    var value = 0
+    var digits = 0
+    while self.index < self.bytes.count {
+      let byte = self.bytes[self.index]
+      guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") else { break }
+      if digits == 1, value == 0 { return nil }
+      // 18 digits cannot overflow an Int; longer numbers go to the general reader.
+      guard digits < 18 else { return nil }
+      value = value * 10 + Int(byte - UInt8(ascii: "0"))
+      digits += 1
+      self.index += 1
+    }
+    return digits == 0 ? nil : value
   }
 }

@@ -10,7 +10,14 @@ public struct RegistrySnapshot: Hashable, Sendable {
   /// Creates a snapshot; the instances are sorted by address.
   public init(service: String, instances: [ServiceInstance], revision: Int64) {
     self.service = service
-    self.instances = instances.sorted { $0.address < $1.address }
+    // A listing arrives sorted already (etcd returns keys in byte order): check before sorting.
+    var sorted = true
+    for index in instances.indices.dropFirst()
+    where instances[index].address < instances[index - 1].address {
+      sorted = false
+      break
+    }
+    self.instances = sorted ? instances : instances.sorted { $0.address < $1.address }
     self.revision = revision
   }
 

@@ -62,13 +62,16 @@ public struct RegistryKeyspace: Hashable, Sendable {
 
   /// Splits a key of this layout into service and address; `nil` for keys outside it.
   public func parse(_ key: String) -> (service: String, address: String)? {
-    let root = self.rootPrefix
-    guard key.hasPrefix(root) else { return nil }
-    let rest = key.dropFirst(root.count)
-    guard let slash = rest.firstIndex(of: "/") else { return nil }
+    // On the UTF-8 bytes: no Unicode-aware prefix or character counting per key.
+    let root = self.rootPrefix.utf8
+    let bytes = key.utf8
+    guard bytes.starts(with: root) else { return nil }
+    let rest = bytes[bytes.index(bytes.startIndex, offsetBy: root.count)...]
+    guard let slash = rest.firstIndex(of: UInt8(ascii: "/")) else { return nil }
     let service = rest[..<slash]
     let address = rest[rest.index(after: slash)...]
     guard !service.isEmpty, !address.isEmpty else { return nil }
-    return (String(service), String(address))
+    return (String(Substring(service)), String(Substring(address)))
   }
+
 }

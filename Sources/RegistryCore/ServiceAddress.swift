@@ -14,6 +14,17 @@ public struct ServiceAddress: Hashable, Sendable, CustomStringConvertible {
   ///
   /// - Throws: ``RegistryError`` with code `invalidArgument`, whose message says which rule failed.
   public init(parsing text: String) throws(RegistryError) {
+    // The common case (a host name or IPv4 address and a port) in one pass over the bytes; the
+    // rest, and every error with its message, by the general parser below.
+    if let parsed = Self.parseHostAndPort(text) {
+      self = parsed
+      return
+    }
+    try self.init(checking: text)
+  }
+
+  /// The general parser: every form, and every error with its message.
+  init(checking text: String) throws(RegistryError) {
     func fail(_ rule: String) -> RegistryError {
       .invalid(
         "address",
@@ -78,6 +89,81 @@ public struct ServiceAddress: Hashable, Sendable, CustomStringConvertible {
   /// `host:port`, with IPv6 hosts in brackets.
   public var description: String {
     self.isIPv6 ? "[\(self.host)]:\(self.port)" : "\(self.host):\(self.port)"
+  }
+
+  /// `host:port` with a host name or an IPv4 host, or `nil` for anything else (an IPv6 host, or
+  /// input the general parser refuses). Accepts exactly what ``init(checking:)`` accepts for such
+  /// hosts.
+  private static func parseHostAndPort(_ text: String) -> ServiceAddress? {
+    var text = text
+    return text.withUTF8 { bytes -> ServiceAddress? in
+      guard !bytes.isEmpty, bytes.count <= 261, bytes[0] != UInt8(ascii: "[") else { return nil }
+      guard let colon = bytes.lastIndex(of: UInt8(ascii: ":")), colon > 0 else { return nil }
+      // The port: 1 to 5 digits, 1...65535.
+      let portCount = bytes.count - colon - 1
+      guard portCount >= 1, portCount <= 5 else { return nil }
+      var port = 0
+      for byte in bytes[(colon + 1)...] {
+        guard byte >= 48, byte <= 57 else { return nil }
+        port = port * 10 + Int(byte - 48)
+      }
+      guard port >= 1, port <= 65535 else { return nil }
+      let host = UnsafeBufferPointer(rebasing: bytes[..<colon])
+      guard isIPv4(host) || isHostName(host) else { return nil }
+      var address = ServiceAddress(host: "", port: port)
+      address.host = String(decoding: host, as: UTF8.self)
+      address.isIPv6 = false
+      return address
+    }
+  }
+
+  /// Four dot-separated decimal numbers, each 1 to 3 digits and at most 255.
+  private static func isIPv4(_ host: UnsafeBufferPointer<UInt8>) -> Bool {
+    var parts = 0
+    var digits = 0
+    var value = 0
+    for byte in host {
+      if byte == UInt8(ascii: ".") {
+        guard digits > 0, value <= 255 else { return false }
+        parts += 1
+        digits = 0
+        value = 0
+      } else if byte >= 48, byte <= 57 {
+        digits += 1
+        guard digits <= 3 else { return false }
+        value = value * 10 + Int(byte - 48)
+      } else {
+        return false
+      }
+    }
+    return parts == 3 && digits > 0 && value <= 255
+  }
+
+  /// Labels of `A-Z a-z 0-9 - _`, 1 to 63 bytes, not starting or ending with `-`; at most 253
+  /// bytes; not all digits and dots.
+  private static func isHostName(_ host: UnsafeBufferPointer<UInt8>) -> Bool {
+    guard !host.isEmpty, host.count <= 253 else { return false }
+    var labelLength = 0
+    var previous: UInt8 = UInt8(ascii: ".")
+    var sawNonNumeric = false
+    for byte in host {
+      if byte == UInt8(ascii: ".") {
+        guard labelLength > 0, previous != UInt8(ascii: "-") else { return false }
+        labelLength = 0
+      } else {
+        let isDigit = byte >= 48 && byte <= 57
+        let isLetter = (byte >= 65 && byte <= 90) || (byte >= 97 && byte <= 122)
+        guard isDigit || isLetter || byte == UInt8(ascii: "-") || byte == UInt8(ascii: "_") else {
+          return false
+        }
+        if byte == UInt8(ascii: "-"), labelLength == 0 { return false }
+        if !isDigit { sawNonNumeric = true }
+        labelLength += 1
+        guard labelLength <= 63 else { return false }
+      }
+      previous = byte
+    }
+    return labelLength > 0 && previous != UInt8(ascii: "-") && sawNonNumeric
   }
 
   static func isIPv4(_ text: Substring) -> Bool {

@@ -33,7 +33,7 @@ extension ServiceInstance {
         "the service name is \(name.utf8.count) characters long; the limit is \(Limits.nameLength)"
       )
     }
-    guard name.utf8.allSatisfy(Self.isNameByte) else {
+    guard Self.allBytes(of: name, satisfy: Self.isNameByte) else {
       throw .invalid(
         "name",
         "the service name '\(name)' has a character outside A-Z a-z 0-9 . _ -; '/' in particular would break the key layout"
@@ -49,7 +49,13 @@ extension ServiceInstance {
   /// - Throws: ``RegistryError`` with code `invalidArgument`; its `field` names the field and its
   ///   message the rule.
   public func validate() throws(RegistryError) {
-    try Self.validate(serviceName: self.name)
+    try self.validate(nameKnownValid: nil)
+  }
+
+  /// ``validate()``, skipping the name check when the name is `nameKnownValid` (a service name
+  /// already checked, as when a listing decodes thousands of instances of one service).
+  func validate(nameKnownValid: String?) throws(RegistryError) {
+    if self.name != nameKnownValid { try Self.validate(serviceName: self.name) }
     let address = try ServiceAddress(parsing: self.address)
     if address.isUnspecified {
       throw .invalid(
@@ -66,14 +72,18 @@ extension ServiceInstance {
     guard self.group.utf8.count <= Limits.groupLength else {
       throw .invalid("group", "the group is longer than \(Limits.groupLength) characters")
     }
-    guard self.group.isEmpty || self.group.utf8.allSatisfy(Self.isNameByte) else {
+    guard Self.allBytes(of: self.group, satisfy: Self.isNameByte) else {
       throw .invalid(
         "group",
         "the group '\(self.group)' has a character outside A-Z a-z 0-9 . _ -"
       )
     }
     guard self.version.utf8.count <= Limits.versionLength,
-      !self.version.unicodeScalars.contains(where: { $0.properties.generalCategory == .control })
+      // Printable ASCII needs no look at Unicode properties.
+      Self.allBytes(of: self.version, satisfy: { $0 >= 0x20 && $0 < 0x7f })
+        || !self.version.unicodeScalars.contains(where: {
+          $0.properties.generalCategory == .control
+        })
     else {
       throw .invalid(
         "version",
@@ -100,6 +110,19 @@ extension ServiceInstance {
         )
       }
     }
+  }
+
+  /// Whether every UTF-8 byte of `text` satisfies `predicate`; on the string's contiguous
+  /// storage when it has one (native strings do), without the generic view iteration.
+  @inline(__always)
+  private static func allBytes(of text: String, satisfy predicate: (UInt8) -> Bool) -> Bool {
+    if let result = text.utf8.withContiguousStorageIfAvailable({ bytes in
+      for byte in bytes where !predicate(byte) { return false }
+      return true
+    }) {
+      return result
+    }
+    return text.utf8.allSatisfy(predicate)
   }
 
   private static func isNameByte(_ byte: UInt8) -> Bool {

@@ -28,6 +28,7 @@ final class TestServer: Sendable {
     name: String = "user-server",
     weight: Int = 1,
     group: String = "",
+    metadata: [String: String] = [:],
     registry: InMemoryRegistry,
     ttl: Duration? = nil,
     drainDelay: Duration = .milliseconds(100),
@@ -39,6 +40,7 @@ final class TestServer: Sendable {
     let config = RegisteredServer.Config(name: name) {
       $0.weight = weight
       $0.group = group
+      $0.metadata = metadata
       $0.drainDelay = drainDelay
       $0.port = port
       $0.tls = tls
