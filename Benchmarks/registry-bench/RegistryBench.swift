@@ -48,6 +48,15 @@ struct RegistryBench: AsyncParsableCommand {
   @Option(help: .hidden)
   var memPrefix: String?
 
+  @Option(help: .hidden)
+  var fleetChild: String?
+
+  @Option(help: .hidden)
+  var fleetService: String = "bench-fleet"
+
+  @Option(help: .hidden)
+  var fleetCount: Int = 1_000
+
   func validate() throws {
     guard self.runs >= 1, self.runs <= 100 else {
       throw ValidationError("--runs must be between 1 and 100")
@@ -89,6 +98,18 @@ struct RegistryBench: AsyncParsableCommand {
         role: role,
         endpoint: self.etcd ?? "127.0.0.1:2379",
         prefix: self.memPrefix ?? "/registry-bench/mem",
+        logger: logger
+      )
+      return
+    }
+    if let role = self.fleetChild {
+      // A helper process of scenario fleet, started by registry-bench itself.
+      try await FleetChild.run(
+        role: role,
+        endpoint: self.etcd ?? "127.0.0.1:2379",
+        prefix: self.memPrefix ?? "/registry-bench/fleet",
+        service: self.fleetService,
+        count: self.fleetCount,
         logger: logger
       )
       return

@@ -33,6 +33,8 @@ struct Scenario: Sendable {
   ]
 
   /// Scenarios that run only when `--only` names them (soak runs for `--minutes`; big writes
-  /// 100,000 instances).
-  static let optIn: [Scenario] = [GRPCScenarios.soak, RegistryScenarios.bigService]
+  /// 100,000 instances; fleet starts 1,000 servers).
+  static let optIn: [Scenario] = [
+    GRPCScenarios.soak, RegistryScenarios.bigService, FleetScenario.scenario,
+  ]
 }

@@ -176,10 +176,11 @@ final class ServiceFeed: Sendable {
       }
     defer { self.delivery.drain() }
     let count = self.state.withLock { state -> Int? in
-      guard var snapshot = state.snapshot else { return nil }
+      // Changed in place (`state.snapshot!`): a copy would cost O(instances) per batch.
+      guard state.snapshot != nil else { return nil }
       let subscribers = Array(state.subscribers.values)
       for change in changes {
-        let current = snapshot.instances.first { $0.address == change.address }
+        let current = state.snapshot!.instance(at: change.address)
         let event: RegistryEvent?
         switch (current, change.instance) {
         case (nil, let new?): event = .added(new, revision: change.revision)
@@ -188,14 +189,13 @@ final class ServiceFeed: Sendable {
         case (let old?, nil): event = .removed(old, revision: change.revision)
         case (nil, nil): event = nil
         }
-        snapshot.revision = max(snapshot.revision, change.revision)
+        state.snapshot!.revision = max(state.snapshot!.revision, change.revision)
         guard let event else { continue }
-        snapshot = snapshot.applying(event)
+        state.snapshot!.apply(event)
         self.delivery.enqueue(event, to: subscribers)
       }
-      snapshot.revision = max(snapshot.revision, batch.header.revision)
-      state.snapshot = snapshot
-      return snapshot.instances.count
+      state.snapshot!.revision = max(state.snapshot!.revision, batch.header.revision)
+      return state.snapshot!.instances.count
     }
     if let count { self.metrics.instances.record(count) }
   }

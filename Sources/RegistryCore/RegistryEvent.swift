@@ -23,17 +23,52 @@ public struct RegistrySnapshot: Hashable, Sendable {
 
   /// The snapshot after `event`: the same set with the change applied.
   public func applying(_ event: RegistryEvent) -> RegistrySnapshot {
+    var next = self
+    next.apply(event)
+    return next
+  }
+
+  /// Applies `event` in place: a binary search by address and one insertion, replacement or
+  /// removal, so a change to a big set costs no sort and (when the storage is not shared) no
+  /// copy of it. Takes the event's revision.
+  public mutating func apply(_ event: RegistryEvent) {
     switch event {
     case .snapshot(let snapshot):
-      return snapshot
+      self = snapshot
     case .added(let instance, let revision), .updated(let instance, let revision):
-      var instances = self.instances.filter { $0.address != instance.address }
-      instances.append(instance)
-      return RegistrySnapshot(service: self.service, instances: instances, revision: revision)
+      let (index, found) = self.position(of: instance.address)
+      if found {
+        self.instances[index] = instance
+      } else {
+        self.instances.insert(instance, at: index)
+      }
+      self.revision = revision
     case .removed(let instance, let revision):
-      let instances = self.instances.filter { $0.address != instance.address }
-      return RegistrySnapshot(service: self.service, instances: instances, revision: revision)
+      let (index, found) = self.position(of: instance.address)
+      if found { self.instances.remove(at: index) }
+      self.revision = revision
     }
+  }
+
+  /// The instance registered at `address`, found by binary search.
+  public func instance(at address: String) -> ServiceInstance? {
+    let (index, found) = self.position(of: address)
+    return found ? self.instances[index] : nil
+  }
+
+  /// Where `address` is in the sorted instances, or where it would go.
+  private func position(of address: String) -> (index: Int, found: Bool) {
+    var low = 0
+    var high = self.instances.count
+    while low < high {
+      let middle = (low + high) / 2
+      if self.instances[middle].address < address {
+        low = middle + 1
+      } else {
+        high = middle
+      }
+    }
+    return (low, low < self.instances.count && self.instances[low].address == address)
   }
 
   /// The events that turn `self` into `other`: removals, then additions and updates, all tagged

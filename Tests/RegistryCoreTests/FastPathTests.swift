@@ -123,3 +123,42 @@ struct SplitMix: RandomNumberGenerator {
     return z ^ (z >> 31)
   }
 }
+
+@Suite("Snapshot changes")
+struct SnapshotApplyTests {
+  // Catches: an insertion at the wrong place (the set no longer sorted, so later binary searches
+  // miss), an update that duplicates, a removal of the wrong instance.
+  @Test("applying 5,000 random changes in place matches a naive model (seeded)")
+  func matchesModel() {
+    var random = SplitMix(seed: 3)
+    var snapshot = RegistrySnapshot(service: "svc", instances: [], revision: 0)
+    var model: [String: ServiceInstance] = [:]
+    for revision in 1 ... 5_000 {
+      let address = "10.0.\(random.next() % 8).\(random.next() % 40):80"
+      let instance = ServiceInstance(
+        name: "svc",
+        address: address,
+        weight: Int(random.next() % 4)
+      )
+      let event: RegistryEvent
+      if random.next() % 3 == 0 {
+        event = .removed(instance, revision: Int64(revision))
+        model[address] = nil
+      } else {
+        event =
+          model[address] == nil
+          ? .added(instance, revision: Int64(revision))
+          : .updated(instance, revision: Int64(revision))
+        model[address] = instance
+      }
+      snapshot.apply(event)
+      #expect(snapshot.revision == Int64(revision))
+      #expect(snapshot.instance(at: address) == model[address])
+    }
+    let expected = model.values.sorted { $0.address < $1.address }
+    #expect(snapshot.instances == expected)
+    #expect(
+      snapshot.applying(.removed(expected[0], revision: 9)).instances == Array(expected.dropFirst())
+    )
+  }
+}
