@@ -22,14 +22,23 @@ extension EtcdClient {
     -> EtcdGetResult
   {
     try range.validate("get")
+    return try await self.range(range, options, deserializer: RangeResponseDeserializer())
+  }
+
+  /// One Range request, its response decoded by `deserializer` (by hand: a listing of thousands
+  /// of keys is the registry's hottest read).
+  private func range<Deserializer: MessageDeserializer>(
+    _ range: EtcdKeyRange,
+    _ options: EtcdGetOptions,
+    deserializer: Deserializer
+  ) async throws -> Deserializer.Message where Deserializer.Message: Sendable {
     let request = Self.rangeRequest(range, options)
     return try await self.unary("get") { grpc, metadata, callOptions in
-      // Decoded by hand: a listing of thousands of keys is the registry's hottest read.
       try await grpc.unary(
         request: ClientRequest(message: request, metadata: metadata),
         descriptor: Etcdserverpb_KV.Method.Range.descriptor,
         serializer: ProtobufSerializer<Etcdserverpb_RangeRequest>(),
-        deserializer: RangeResponseDeserializer(),
+        deserializer: deserializer,
         options: callOptions
       ) { try $0.message }
     }
@@ -59,44 +68,78 @@ extension EtcdClient {
   /// - Throws: ``EtcdError`` as ``get(_:options:)``.
   public func getAll(_ range: EtcdKeyRange, pageSize: Int = 10_000) async throws -> EtcdGetResult {
     try range.validate("get")
+    let result = try await self.readPages(range, pageSize: pageSize) { range, options in
+      let page = try await self.get(range, options: options)
+      return EtcdRangePage(
+        header: page.header,
+        elements: page.kvs,
+        lastKey: page.kvs.last?.key,
+        more: page.more
+      )
+    }
+    return EtcdGetResult(
+      header: result.header,
+      kvs: result.elements,
+      count: Int64(result.elements.count),
+      more: false
+    )
+  }
+
+  /// ``getAll(_:pageSize:)`` that hands every key-value, in place, to `visit` and keeps what it
+  /// returns: no copy of keys and values for a reader that decodes them at once (the registry's
+  /// listing). `visit` runs while the response is decoded; the views are valid only during it.
+  package func getAll<Element: Sendable>(
+    _ range: EtcdKeyRange,
+    pageSize: Int = 10_000,
+    visit: @escaping @Sendable (EtcdKeyValueView) -> Element?
+  ) async throws -> EtcdRangePage<Element> {
+    try range.validate("get")
+    return try await self.readPages(range, pageSize: pageSize) { range, options in
+      try await self.range(range, options, deserializer: RangeVisitingDeserializer(visit: visit))
+    }
+  }
+
+  /// Reads pages of at most `pageSize` keys with `read`, every page at the first one's revision;
+  /// a compaction of that revision meanwhile starts over (up to 3 times).
+  private func readPages<Element: Sendable>(
+    _ range: EtcdKeyRange,
+    pageSize: Int,
+    read: (EtcdKeyRange, EtcdGetOptions) async throws -> EtcdRangePage<Element>
+  ) async throws -> EtcdRangePage<Element> {
     var restarts = 0
     while true {
       do {
-        return try await self.readPages(range, pageSize: max(pageSize, 1))
+        var options = EtcdGetOptions()
+        options.limit = Int64(max(pageSize, 1))
+        var all = try await Self.readPage(range, options: &options, read: read)
+        // Every later page reads the snapshot the first one saw.
+        options.revision = all.header.revision
+        var page = all
+        var pageRange = range
+        while page.more, let last = page.lastKey {
+          // The next key after `last` in byte order is `last` followed by a zero byte.
+          pageRange.key = last + [0]
+          page = try await Self.readPage(pageRange, options: &options, read: read)
+          all.elements += page.elements
+        }
+        all.more = false
+        return all
       } catch let error as EtcdError where error.code == .compacted && restarts < 3 {
         restarts += 1
       }
     }
   }
 
-  private func readPages(_ range: EtcdKeyRange, pageSize: Int) async throws -> EtcdGetResult {
-    var options = EtcdGetOptions()
-    options.limit = Int64(pageSize)
-    var all = try await self.readPage(range, options: &options)
-    // Every later page reads the snapshot the first one saw.
-    options.revision = all.header.revision
-    var page = all
-    var pageRange = range
-    while page.more, let last = page.kvs.last {
-      // The next key after `last` in byte order is `last` followed by a zero byte.
-      pageRange.key = last.key + [0]
-      page = try await self.readPage(pageRange, options: &options)
-      all.kvs += page.kvs
-    }
-    all.count = Int64(all.kvs.count)
-    all.more = false
-    return all
-  }
-
   /// One page; a page over the response cap is asked for again with half as many keys, and
   /// the smaller limit is kept for the pages after it.
-  private func readPage(
+  private static func readPage<Element>(
     _ range: EtcdKeyRange,
-    options: inout EtcdGetOptions
-  ) async throws -> EtcdGetResult {
+    options: inout EtcdGetOptions,
+    read: (EtcdKeyRange, EtcdGetOptions) async throws -> EtcdRangePage<Element>
+  ) async throws -> EtcdRangePage<Element> {
     while true {
       do {
-        return try await self.get(range, options: options)
+        return try await read(range, options)
       } catch let error as EtcdError where error.code == .responseTooLarge && options.limit > 1 {
         options.limit = max(options.limit / 2, 1)
       }

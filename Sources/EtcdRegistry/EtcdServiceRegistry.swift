@@ -5,6 +5,14 @@ public import RegistryCore
 public import ServiceLifecycle
 import Synchronization
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// The ``ServiceRegistry`` on etcd.
 ///
 /// Every registration of a registry shares one lease, granted on first use and kept alive over
@@ -244,22 +252,17 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
 
   /// Lists a service at one revision, in pages; malformed values are skipped with a warning.
   func list(_ service: String) async throws -> RegistrySnapshot {
+    let prefix = Array(self.keyspace.servicePrefix(service).utf8)
+    // Each value is decoded in place as the response is read: no copy of keys and values.
     let result = try await self.client.getAll(
       .prefix(self.keyspace.servicePrefix(service)),
       pageSize: self.configuration.listPageSize
-    )
-    var instances: [ServiceInstance] = []
-    instances.reserveCapacity(result.kvs.count)
-    let prefix = Array(self.keyspace.servicePrefix(service).utf8)
-    // By index: no copy (and later release) of every key-value.
-    for index in result.kvs.indices {
-      if let instance = self.decode(result.kvs[index], service: service, prefix: prefix) {
-        instances.append(instance)
-      }
+    ) { kv in
+      self.decode(kv, service: service, prefix: prefix)
     }
     return RegistrySnapshot(
       service: service,
-      instances: instances,
+      instances: result.elements,
       revision: result.header.revision
     )
   }
@@ -267,9 +270,36 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
   /// Decodes the instance stored in `kv`, a key under `prefix` (the service's key prefix, as
   /// bytes); `nil` for a key of another layout or a malformed value (counted and logged).
   func decode(_ kv: EtcdKeyValue, service: String, prefix: [UInt8]) -> ServiceInstance? {
+    kv.key.withUnsafeBytes { key in
+      kv.value.withUnsafeBytes { value in
+        self.decode(
+          EtcdKeyValueView(
+            key: key,
+            value: value,
+            createRevision: kv.createRevision,
+            modRevision: kv.modRevision,
+            version: kv.version,
+            lease: kv.lease
+          ),
+          service: service,
+          prefix: prefix
+        )
+      }
+    }
+  }
+
+  /// ``decode(_:service:prefix:)`` of a key-value read in place.
+  func decode(_ kv: EtcdKeyValueView, service: String, prefix: [UInt8]) -> ServiceInstance? {
     // The address is the rest of the key after the service's prefix.
-    guard kv.key.count > prefix.count, kv.key.starts(with: prefix) else { return nil }
-    let address = String(decoding: kv.key[prefix.count...], as: UTF8.self)
+    guard kv.key.count > prefix.count, let key = kv.key.baseAddress,
+      prefix.withUnsafeBytes({ $0.baseAddress.map { memcmp(key, $0, prefix.count) == 0 } ?? true })
+    else {
+      return nil
+    }
+    let address = String(
+      decoding: UnsafeRawBufferPointer(rebasing: kv.key[prefix.count...]),
+      as: UTF8.self
+    )
     do {
       // Every caller has validated `service` (listing and watching check it first).
       return try self.configuration.codec.decode(

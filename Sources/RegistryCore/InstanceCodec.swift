@@ -1,3 +1,11 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// How a ``ServiceInstance`` is stored as a value: the wire format other languages share.
 ///
 /// - ``json``: the Go design's JSON, `{"Name":…,"Address":…,"Weight":…,"Group":…}` plus
@@ -78,14 +86,62 @@ public struct InstanceCodec: Sendable, CustomStringConvertible {
     do {
       instance = try self.decodeValue(bytes)
     } catch {
-      let preview = String(decoding: bytes.prefix(80), as: UTF8.self)
-      throw RegistryError(
-        code: .malformedValue,
-        message:
-          "the value of \(service)/\(address) is not valid \(self.name) ('\(preview)'); rewrite it with this codec's format or delete it",
-        cause: error
+      throw self.malformed(bytes, service: service, address: address, cause: error)
+    }
+    try Self.complete(&instance, service: service, address: address, serviceIsValid: serviceIsValid)
+    return instance
+  }
+
+  /// ``decode(_:service:address:serviceIsValid:)`` of a value read in place (from an etcd
+  /// response): the canonical Go JSON is decoded without copying the value.
+  package func decode(
+    _ value: UnsafeRawBufferPointer,
+    service: String,
+    address: String,
+    serviceIsValid: Bool
+  ) throws(RegistryError) -> ServiceInstance {
+    guard self.name == "json",
+      var instance = value.withMemoryRebound(
+        to: UInt8.self,
+        { buffer -> ServiceInstance? in
+          var reader = CanonicalReader(bytes: buffer)
+          return reader.read()
+        }
+      )
+    else {
+      return try self.decode(
+        Array(value),
+        service: service,
+        address: address,
+        serviceIsValid: serviceIsValid
       )
     }
+    try Self.complete(&instance, service: service, address: address, serviceIsValid: serviceIsValid)
+    return instance
+  }
+
+  private func malformed(
+    _ bytes: [UInt8],
+    service: String,
+    address: String,
+    cause: any Error
+  ) -> RegistryError {
+    let preview = String(decoding: bytes.prefix(80), as: UTF8.self)
+    return RegistryError(
+      code: .malformedValue,
+      message:
+        "the value of \(service)/\(address) is not valid \(self.name) ('\(preview)'); rewrite it with this codec's format or delete it",
+      cause: cause
+    )
+  }
+
+  /// Fills what the value left out from its key and validates the result.
+  private static func complete(
+    _ instance: inout ServiceInstance,
+    service: String,
+    address: String,
+    serviceIsValid: Bool
+  ) throws(RegistryError) {
     if instance.name.isEmpty { instance.name = service }
     if instance.address.isEmpty { instance.address = address }
     do {
@@ -97,7 +153,6 @@ public struct InstanceCodec: Sendable, CustomStringConvertible {
         field: error.field
       )
     }
-    return instance
   }
 }
 
@@ -373,11 +428,9 @@ private struct CanonicalReader {
 
   private mutating func literal(_ text: StaticString) -> Bool {
     let count = text.utf8CodeUnitCount
-    guard self.bytes.count - self.index >= count else { return false }
-    let start = text.utf8Start
-    for offset in 0 ..< count where self.bytes[self.index + offset] != start[offset] {
-      return false
-    }
+    guard self.bytes.count - self.index >= count, let base = self.bytes.baseAddress,
+      memcmp(base + self.index, text.utf8Start, count) == 0
+    else { return false }
     self.index += count
     return true
   }
