@@ -68,7 +68,7 @@ extension EtcdClient {
   /// - Throws: ``EtcdError`` as ``get(_:options:)``.
   public func getAll(_ range: EtcdKeyRange, pageSize: Int = 10_000) async throws -> EtcdGetResult {
     try range.validate("get")
-    let result = try await self.readPages(range, pageSize: pageSize) { range, options in
+    let result = try await Self.readPages(range, pageSize: pageSize) { range, options in
       let page = try await self.get(range, options: options)
       return EtcdRangePage(
         header: page.header,
@@ -85,29 +85,36 @@ extension EtcdClient {
     )
   }
 
-  /// ``getAll(_:pageSize:)`` that hands every key-value, in place, to `visit` and keeps what it
-  /// returns: no copy of keys and values for a reader that decodes them at once (the registry's
-  /// listing). `visit` runs while the response is decoded; the views are valid only during it.
-  package func getAll<Element: Sendable>(
+  /// ``getAll(_:pageSize:)`` that hands every key-value, in place, to `visit`, in key order: no
+  /// copy of keys and values for a reader that decodes them at once (the registry's listing).
+  /// `visit` runs while each response is decoded; the views are valid only during the call.
+  /// When the read starts over (its revision was compacted between pages), `restart` runs
+  /// first: forget what was visited. Returns the header of the first page (its revision is the
+  /// snapshot's).
+  package func visitAll(
     _ range: EtcdKeyRange,
     pageSize: Int = 10_000,
-    visit: @escaping @Sendable (EtcdKeyValueView) -> Element?
-  ) async throws -> EtcdRangePage<Element> {
+    restart: () -> Void = {},
+    visit: @escaping @Sendable (EtcdKeyValueView) -> Void
+  ) async throws -> EtcdResponseHeader {
     try range.validate("get")
-    return try await self.readPages(range, pageSize: pageSize) { range, options in
-      try await self.range(range, options, deserializer: RangeVisitingDeserializer(visit: visit))
-    }
+    let deserializer = RangeVisitingDeserializer(visit: visit)
+    return try await Self.readPages(range, pageSize: pageSize, restart: restart) { range, options in
+      try await self.range(range, options, deserializer: deserializer)
+    }.header
   }
 
   /// Reads pages of at most `pageSize` keys with `read`, every page at the first one's revision;
   /// a compaction of that revision meanwhile starts over (up to 3 times).
-  private func readPages<Element: Sendable>(
+  static func readPages<Element: Sendable>(
     _ range: EtcdKeyRange,
     pageSize: Int,
+    restart: () -> Void = {},
     read: (EtcdKeyRange, EtcdGetOptions) async throws -> EtcdRangePage<Element>
   ) async throws -> EtcdRangePage<Element> {
     var restarts = 0
     while true {
+      if restarts > 0 { restart() }
       do {
         var options = EtcdGetOptions()
         options.limit = Int64(max(pageSize, 1))

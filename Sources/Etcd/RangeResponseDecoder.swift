@@ -69,38 +69,34 @@ package struct EtcdKeyValueView {
   package var keyString: String { String(decoding: self.key, as: UTF8.self) }
 }
 
-/// One page of a range read through a visitor: what the visitor made of each key-value, and
-/// what paging needs.
-package struct EtcdRangePage<Element> {
-  package var header: EtcdResponseHeader
-  package var elements: [Element]
+/// One page of a paged range read: its elements (none when read through a visitor), and what
+/// paging needs.
+struct EtcdRangePage<Element: Sendable>: Sendable {
+  var header: EtcdResponseHeader
+  var elements: [Element]
   /// The last key of the page (visited or not).
-  package var lastKey: [UInt8]?
-  package var more: Bool
+  var lastKey: [UInt8]?
+  var more: Bool
 }
 
-extension EtcdRangePage: Sendable where Element: Sendable {}
-
-/// Deserializes a range response by handing each key-value, in place, to `visit`.
-struct RangeVisitingDeserializer<Element: Sendable>: MessageDeserializer {
-  typealias Message = EtcdRangePage<Element>
-  let visit: @Sendable (EtcdKeyValueView) -> Element?
+/// Deserializes a range response by handing each key-value, in place, to `visit`. Not generic:
+/// the visitor, compiled where it is written, does the per-key work specialized for its types.
+struct RangeVisitingDeserializer: MessageDeserializer {
+  typealias Message = EtcdRangePage<Never>
+  let visit: @Sendable (EtcdKeyValueView) -> Void
 
   func deserialize<Bytes: GRPCContiguousBytes>(
     _ serializedMessageBytes: Bytes
-  ) throws -> EtcdRangePage<Element> {
+  ) throws -> EtcdRangePage<Never> {
     try serializedMessageBytes.withUnsafeBytes { raw throws(ProtobufWireError) in
-      var elements: [Element] = []
       var last: UnsafeRawBufferPointer?
       let fields = try RangeResponseScanner.scan(raw) { view in
-        // A key-value of the registry's is ~120 bytes: reserve enough not to grow again.
-        if elements.isEmpty { elements.reserveCapacity(raw.count / 64 + 1) }
-        if let element = self.visit(view) { elements.append(element) }
+        self.visit(view)
         last = view.key
       }
       return EtcdRangePage(
         header: fields.header,
-        elements: elements,
+        elements: [],
         lastKey: last.map { Array($0) },
         more: fields.more
       )

@@ -254,16 +254,19 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
   func list(_ service: String) async throws -> RegistrySnapshot {
     let prefix = Array(self.keyspace.servicePrefix(service).utf8)
     // Each value is decoded in place as the response is read: no copy of keys and values.
-    let result = try await self.client.getAll(
+    let instances = Mutex<[ServiceInstance]>([])
+    let header = try await self.client.visitAll(
       .prefix(self.keyspace.servicePrefix(service)),
-      pageSize: self.configuration.listPageSize
+      pageSize: self.configuration.listPageSize,
+      restart: { instances.withLock { $0.removeAll() } }
     ) { kv in
-      self.decode(kv, service: service, prefix: prefix)
+      guard let instance = self.decode(kv, service: service, prefix: prefix) else { return }
+      instances.withLock { $0.append(instance) }
     }
     return RegistrySnapshot(
       service: service,
-      instances: result.elements,
-      revision: result.header.revision
+      instances: instances.withLock { $0 },
+      revision: header.revision
     )
   }
 

@@ -1,5 +1,6 @@
 import Foundation
 import SwiftProtobuf
+import Synchronization
 import Testing
 
 @testable import Etcd
@@ -93,5 +94,71 @@ struct RangeResponseDecoderTests {
       }
     }
     #expect(failures > 0)
+  }
+}
+
+/// The paged read's rules, driven with pages made up by the test (no etcd).
+@Suite("Paged range reads")
+struct PagedReadTests {
+  static func page(_ keys: [String], more: Bool, revision: Int64) -> EtcdRangePage<String> {
+    EtcdRangePage(
+      header: EtcdResponseHeader(clusterID: 1, memberID: 1, revision: revision, raftTerm: 1),
+      elements: keys,
+      lastKey: keys.last.map { Array($0.utf8) },
+      more: more
+    )
+  }
+
+  // Catches: a restart that keeps what the failed attempt visited (duplicates), or later pages
+  // read at another revision than the first (an inconsistent snapshot).
+  @Test(
+    "a compaction between pages starts over, after `restart`; later pages read the first's revision"
+  )
+  func compactionRestarts() async throws {
+    let calls = Mutex<[(key: String, revision: Int64, limit: Int64)]>([])
+    let restarts = Mutex(0)
+    let result = try await EtcdClient.readPages(
+      .prefix("k/"),
+      pageSize: 2,
+      restart: { restarts.withLock { $0 += 1 } }
+    ) { range, options in
+      let attempt = calls.withLock { calls in
+        calls.append((String(decoding: range.key, as: UTF8.self), options.revision, options.limit))
+        return calls.count
+      }
+      switch attempt {
+      case 1: return Self.page(["k/a", "k/b"], more: true, revision: 10)
+      case 2: throw EtcdError(code: .compacted, message: "compacted", compactRevision: 11)
+      case 3: return Self.page(["k/a", "k/b"], more: true, revision: 12)
+      default: return Self.page(["k/c"], more: false, revision: 12)
+      }
+    }
+    #expect(result.elements == ["k/a", "k/b", "k/c"])
+    #expect(result.header.revision == 12)
+    #expect(restarts.withLock { $0 } == 1)
+    let seen = calls.withLock { $0 }
+    #expect(seen.map(\.key) == ["k/", "k/b\0", "k/", "k/b\0"])
+    #expect(seen.map(\.revision) == [0, 10, 0, 12])
+    #expect(seen.allSatisfy { $0.limit == 2 })
+  }
+
+  @Test(
+    "a page over the response cap is read again with half the keys, and later pages keep the limit"
+  )
+  func halving() async throws {
+    let limits = Mutex<[Int64]>([])
+    let result = try await EtcdClient.readPages(.prefix("k/"), pageSize: 8) {
+      range,
+      options in
+      limits.withLock { $0.append(options.limit) }
+      if options.limit > 2 {
+        throw EtcdError(code: .responseTooLarge, message: "too large")
+      }
+      return range.key == Array("k/".utf8)
+        ? Self.page(["k/a", "k/b"], more: true, revision: 5)
+        : Self.page(["k/c"], more: false, revision: 5)
+    }
+    #expect(result.elements == ["k/a", "k/b", "k/c"])
+    #expect(limits.withLock { $0 } == [8, 4, 2, 2])
   }
 }
