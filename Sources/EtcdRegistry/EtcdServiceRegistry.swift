@@ -258,11 +258,12 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
     let header = try await self.client.visitAll(
       .prefix(self.keyspace.servicePrefix(service)),
       pageSize: self.configuration.listPageSize,
-      restart: { instances.withLock { $0.removeAll() } }
-    ) { kv in
-      guard let instance = self.decode(kv, service: service, prefix: prefix) else { return }
-      instances.withLock { $0.append(instance) }
-    }
+      restart: { instances.withLock { $0.removeAll() } },
+      visit: { kv in
+        guard let instance = self.decode(kv, service: service, prefix: prefix) else { return }
+        instances.withLock { $0.append(instance) }
+      }
+    )
     return RegistrySnapshot(
       service: service,
       instances: instances.withLock { $0 },

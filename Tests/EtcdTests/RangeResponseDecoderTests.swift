@@ -120,19 +120,22 @@ struct PagedReadTests {
     let result = try await EtcdClient.readPages(
       .prefix("k/"),
       pageSize: 2,
-      restart: { restarts.withLock { $0 += 1 } }
-    ) { range, options in
-      let attempt = calls.withLock { calls in
-        calls.append((String(decoding: range.key, as: UTF8.self), options.revision, options.limit))
-        return calls.count
+      restart: { restarts.withLock { $0 += 1 } },
+      read: { range, options in
+        let attempt = calls.withLock { calls in
+          calls.append(
+            (String(decoding: range.key, as: UTF8.self), options.revision, options.limit)
+          )
+          return calls.count
+        }
+        switch attempt {
+        case 1: return Self.page(["k/a", "k/b"], more: true, revision: 10)
+        case 2: throw EtcdError(code: .compacted, message: "compacted", compactRevision: 11)
+        case 3: return Self.page(["k/a", "k/b"], more: true, revision: 12)
+        default: return Self.page(["k/c"], more: false, revision: 12)
+        }
       }
-      switch attempt {
-      case 1: return Self.page(["k/a", "k/b"], more: true, revision: 10)
-      case 2: throw EtcdError(code: .compacted, message: "compacted", compactRevision: 11)
-      case 3: return Self.page(["k/a", "k/b"], more: true, revision: 12)
-      default: return Self.page(["k/c"], more: false, revision: 12)
-      }
-    }
+    )
     #expect(result.elements == ["k/a", "k/b", "k/c"])
     #expect(result.header.revision == 12)
     #expect(restarts.withLock { $0 } == 1)
