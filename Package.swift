@@ -25,6 +25,7 @@ let package = Package(
     .executable(name: "user-client", targets: ["user-client"]),
     .executable(name: "registry-bench", targets: ["registry-bench"]),
     .executable(name: "registryctl", targets: ["registryctl"]),
+    .executable(name: "registry-fuzz", targets: ["registry-fuzz"]),
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
@@ -220,6 +221,21 @@ let package = Package(
         .product(name: "Logging", package: "swift-log"),
       ],
       path: "Sources/registryctl",
+      swiftSettings: strictSettings
+    ),
+    // The fuzz targets: `scripts/fuzz` builds them with libFuzzer (`-sanitize=fuzzer -D FUZZING`);
+    // a plain build replays the committed corpus (`registry-fuzz <target> Fuzz/Corpus/<target>`).
+    .executableTarget(
+      name: "registry-fuzz",
+      dependencies: [
+        "RegistryCore",
+        "Etcd",
+        "GRPCConnection",
+        "GRPCRegistry",
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOEmbedded", package: "swift-nio"),
+      ],
+      path: "Fuzz/registry-fuzz",
       swiftSettings: strictSettings
     ),
     .testTarget(

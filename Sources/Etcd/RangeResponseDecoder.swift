@@ -105,15 +105,22 @@ struct RangeVisitingDeserializer: MessageDeserializer {
 }
 
 /// Walks etcd's `RangeResponse` wire format once.
-enum RangeResponseScanner {
-  struct Fields {
-    var header = EtcdResponseHeader(clusterID: 0, memberID: 0, revision: 0, raftTerm: 0)
-    var count: Int64 = 0
-    var more = false
+package enum RangeResponseScanner {
+  package struct Fields {
+    package var header = EtcdResponseHeader(clusterID: 0, memberID: 0, revision: 0, raftTerm: 0)
+    package var count: Int64 = 0
+    package var more = false
+  }
+
+  /// The whole response as an ``EtcdGetResult`` (what ``RangeResponseDeserializer`` returns).
+  package static func result(
+    _ raw: UnsafeRawBufferPointer
+  ) throws(ProtobufWireError) -> EtcdGetResult {
+    try RangeResponseDeserializer.decode(raw)
   }
 
   /// Reads the response's fields, calling `keyValue` for each key-value in order.
-  static func scan(
+  package static func scan(
     _ raw: UnsafeRawBufferPointer,
     keyValue: (EtcdKeyValueView) -> Void
   ) throws(ProtobufWireError) -> Fields {
@@ -164,8 +171,8 @@ enum RangeResponseScanner {
 }
 
 /// A protobuf message that is not well formed.
-struct ProtobufWireError: Error, CustomStringConvertible {
-  var description: String
+package struct ProtobufWireError: Error, CustomStringConvertible {
+  package var description: String
 
   init(_ description: String) {
     self.description = "malformed protobuf message: \(description)"

@@ -1,13 +1,13 @@
-internal import GRPCCore
-internal import NIOCore
+package import GRPCCore
+package import NIOCore
 
 /// Reassembles length-prefixed gRPC messages (1 flag byte, 4 length bytes, payload) from the
 /// DATA frames of one stream. Frames and messages need not align.
 ///
 /// The client reads responses with it and the server requests: `peer` names the side that sent
 /// the bytes, in the errors, and `limitSetting` the setting that raises the size limit.
-struct MessageDeframer {
-  enum Peer: Sendable {
+package struct MessageDeframer {
+  package enum Peer: Sendable {
     case server
     case client
 
@@ -24,8 +24,11 @@ struct MessageDeframer {
   private let peer: Peer
   private let limitSetting: String
 
-  init(maxMessageBytes: Int, peer: Peer = .server, limitSetting: String = "maxResponseMessageBytes")
-  {
+  package init(
+    maxMessageBytes: Int,
+    peer: Peer = .server,
+    limitSetting: String = "maxResponseMessageBytes"
+  ) {
     self.buffer = ByteBuffer()
     self.maxMessageBytes = maxMessageBytes
     self.peer = peer
@@ -40,7 +43,7 @@ struct MessageDeframer {
     self.buffer.readableBytes > 0
   }
 
-  mutating func append(_ data: ByteBuffer) {
+  package mutating func append(_ data: ByteBuffer) {
     if self.buffer.readableBytes == 0 {
       // Common case: no partial message, adopt the frame's buffer without copying.
       self.buffer = data
@@ -50,7 +53,7 @@ struct MessageDeframer {
   }
 
   /// Returns the next complete message, `nil` if more bytes are needed.
-  mutating func next() throws(RPCError) -> [UInt8]? {
+  package mutating func next() throws(RPCError) -> [UInt8]? {
     guard
       let flag = self.buffer.getInteger(at: self.buffer.readerIndex, as: UInt8.self),
       let length = self.buffer.getInteger(at: self.buffer.readerIndex + 1, as: UInt32.self)

@@ -157,8 +157,8 @@ public struct InstanceCodec: Sendable, CustomStringConvertible {
 }
 
 /// Go's `encoding/json` output for the Go design's struct, field by field.
-enum GoJSON {
-  static func encode(_ instance: ServiceInstance) -> [UInt8] {
+package enum GoJSON {
+  package static func encode(_ instance: ServiceInstance) -> [UInt8] {
     var writer = JSONWriter()
     writer.beginObject()
     writer.key("Name")
@@ -183,7 +183,7 @@ enum GoJSON {
 
   /// Reads the fields by their exact names (as the writer spells them); a field that is
   /// absent or `null` keeps its zero value, as in Go; unknown fields are skipped.
-  static func decode(_ bytes: [UInt8]) throws -> ServiceInstance {
+  package static func decode(_ bytes: [UInt8]) throws -> ServiceInstance {
     let canonical = bytes.withUnsafeBufferPointer { buffer in
       var reader = CanonicalReader(bytes: buffer)
       return reader.read()
@@ -195,7 +195,7 @@ enum GoJSON {
   }
 
   /// The general reader: any field order, whitespace, escapes, `null`s and unknown fields.
-  static func decodeGeneral(_ bytes: [UInt8]) throws -> ServiceInstance {
+  package static func decodeGeneral(_ bytes: [UInt8]) throws -> ServiceInstance {
     var reader = JSONReader(bytes)
     var instance = ServiceInstance(name: "", address: "", weight: 0)
     try reader.readObject(nullable: false) { reader, key in

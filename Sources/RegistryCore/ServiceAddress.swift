@@ -24,7 +24,7 @@ public struct ServiceAddress: Hashable, Sendable, CustomStringConvertible {
   }
 
   /// The general parser: every form, and every error with its message.
-  init(checking text: String) throws(RegistryError) {
+  package init(checking text: String) throws(RegistryError) {
     func fail(_ rule: String) -> RegistryError {
       .invalid(
         "address",
