@@ -64,7 +64,6 @@ enum FleetScenario {
           ],
           name: "fleet-watch"
         )
-        defer { Task { await child.stop(grace: .seconds(5)) } }
         guard await child.waitForLine(prefix: "READY", timeout: .seconds(120)) != nil else {
           throw BenchError("the watch helper never saw \(size) instances:\n\(child.logTail())")
         }

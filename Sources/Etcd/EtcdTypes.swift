@@ -9,18 +9,16 @@ public struct EtcdResponseHeader: Hashable, Sendable {
   /// The raft term when the request was served.
   public var raftTerm: UInt64
 
-  init(clusterID: UInt64, memberID: UInt64, revision: Int64, raftTerm: UInt64) {
-    self.clusterID = clusterID
-    self.memberID = memberID
-    self.revision = revision
-    self.raftTerm = raftTerm
-  }
+}
 
+extension EtcdResponseHeader {
   init(_ header: Etcdserverpb_ResponseHeader) {
-    self.clusterID = header.clusterID
-    self.memberID = header.memberID
-    self.revision = header.revision
-    self.raftTerm = header.raftTerm
+    self.init(
+      clusterID: header.clusterID,
+      memberID: header.memberID,
+      revision: header.revision,
+      raftTerm: header.raftTerm
+    )
   }
 }
 
@@ -44,29 +42,18 @@ public struct EtcdKeyValue: Hashable, Sendable {
   /// The value as UTF-8 text.
   public var valueString: String { String(decoding: self.value, as: UTF8.self) }
 
-  init(
-    key: [UInt8],
-    value: [UInt8],
-    createRevision: Int64,
-    modRevision: Int64,
-    version: Int64,
-    lease: Int64
-  ) {
-    self.key = key
-    self.value = value
-    self.createRevision = createRevision
-    self.modRevision = modRevision
-    self.version = version
-    self.lease = lease
-  }
+}
 
+extension EtcdKeyValue {
   init(_ kv: Etcdserverpb_KeyValue) {
-    self.key = Array(kv.key)
-    self.value = Array(kv.value)
-    self.createRevision = kv.createRevision
-    self.modRevision = kv.modRevision
-    self.version = kv.version
-    self.lease = kv.lease
+    self.init(
+      key: Array(kv.key),
+      value: Array(kv.value),
+      createRevision: kv.createRevision,
+      modRevision: kv.modRevision,
+      version: kv.version,
+      lease: kv.lease
+    )
   }
 }
 
@@ -195,18 +182,16 @@ public struct EtcdGetResult: Hashable, Sendable {
   /// Whether more keys exist beyond `limit`.
   public var more: Bool
 
-  init(header: EtcdResponseHeader, kvs: [EtcdKeyValue], count: Int64, more: Bool) {
-    self.header = header
-    self.kvs = kvs
-    self.count = count
-    self.more = more
-  }
+}
 
+extension EtcdGetResult {
   init(_ response: Etcdserverpb_RangeResponse) {
-    self.header = EtcdResponseHeader(response.header)
-    self.kvs = response.kvs.map(EtcdKeyValue.init)
-    self.count = response.count
-    self.more = response.more
+    self.init(
+      header: EtcdResponseHeader(response.header),
+      kvs: response.kvs.map(EtcdKeyValue.init),
+      count: response.count,
+      more: response.more
+    )
   }
 }
 

@@ -247,7 +247,8 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
 
   // MARK: - Introspection
 
-  /// The registered instances as the transport sees them, sorted by address.
+  /// The registered instances the transport connects to (with ``Config/subsetting``, its subset
+  /// and the subsets of the groups its calls asked for), as it sees them, sorted by address.
   public var instanceStatuses: [InstanceStatus] {
     self.state.withLock { state in
       state.active.values.compactMap { id -> InstanceStatus? in
