@@ -56,7 +56,7 @@ let package = Package(
     // The conformance suite every ServiceRegistry implementation must pass.
     .target(
       name: "RegistryTesting",
-      dependencies: ["RegistryCore"],
+      dependencies: ["RegistryCore", .product(name: "Logging", package: "swift-log")],
       swiftSettings: strictSettings
     ),
     // Starts and stops real etcd processes (single node, clusters, TLS) for tests and benchmarks.

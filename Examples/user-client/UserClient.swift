@@ -43,6 +43,12 @@ struct UserClient: AsyncParsableCommand {
   @Option(help: "Seconds each call may take.")
   var timeout = 5.0
 
+  @Option(
+    help:
+      "Print 'PROGRESS <calls ended>' on stderr each time this many more calls have ended (0: never)."
+  )
+  var progressEvery = 0
+
   @Option(help: "TLS to the servers: PEM file of the CA that signed their certificates.")
   var tlsCA: String?
 
@@ -60,6 +66,9 @@ struct UserClient: AsyncParsableCommand {
     }
     guard self.calls >= 0 else { throw ValidationError("--calls must not be negative") }
     guard self.concurrency >= 1 else { throw ValidationError("--concurrency must be at least 1") }
+    guard self.progressEvery >= 0 else {
+      throw ValidationError("--progress-every must not be negative (0 turns progress off)")
+    }
     guard (self.tlsCert == nil) == (self.tlsKey == nil) else {
       throw ValidationError("--tls-cert and --tls-key go together (mutual TLS needs both)")
     }
@@ -114,6 +123,7 @@ struct UserClient: AsyncParsableCommand {
     _ users: User_UserMesService.Client<RegistryClientTransport>
   ) async throws -> Summary {
     let next = Counter()
+    let ended = Counter()
     let tally = SummaryBox(Summary(calls: self.calls))
     let timeout = Duration.milliseconds(Int(self.timeout * 1000))
     let start = ContinuousClock.now
@@ -141,6 +151,12 @@ struct UserClient: AsyncParsableCommand {
               tally.state.withLock {
                 $0.failed += 1
                 if $0.errors.count < 3 { $0.errors.append("\(error)") }
+              }
+            }
+            if self.progressEvery > 0 {
+              let count = ended.increment()
+              if count % self.progressEvery == 0 {
+                FileHandle.standardError.write(Data("PROGRESS \(count)\n".utf8))
               }
             }
           }

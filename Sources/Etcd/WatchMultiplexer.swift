@@ -36,8 +36,8 @@ final class WatchMultiplexer: Sendable {
           if let continuation = self.continuations.removeValue(forKey: id) {
             after.append((continuation, .failure(error)))
           }
-        case .checkRevision:
-          break  // performed by the stream's reader, which awaits it
+        case .checkRevision, .renewTokenAndReopen:
+          break  // performed by the stream's reader
         }
       }
       return after
@@ -123,8 +123,9 @@ final class WatchMultiplexer: Sendable {
       }
       guard let generation else { return }
       let received = Flag()
+      var metadata: Metadata = [:]
       do {
-        var metadata = try await client.auth.metadata(for: client)
+        metadata = try await client.auth.metadata(for: client)
         // etcd's require-leader flag: a member cut off from its cluster ends the stream
         // instead of holding the watches silently.
         metadata.addString("true", forKey: EtcdClient.requireLeaderKey)
@@ -144,6 +145,13 @@ final class WatchMultiplexer: Sendable {
         if Task.isCancelled { return }
         self.logger.info(
           "etcd watch stream ended; reopening",
+          metadata: ["etcd.endpoint": "\(endpoint.address)"]
+        )
+      } catch is RenewTokenAndReopen {
+        if Task.isCancelled { return }
+        client.auth.invalidate(metadata)
+        self.logger.info(
+          "etcd refused a watch over its auth token; reopening the watch stream with a new token",
           metadata: ["etcd.endpoint": "\(endpoint.address)"]
         )
       } catch {
@@ -196,11 +204,15 @@ final class WatchMultiplexer: Sendable {
     generation: UInt64,
     client: EtcdClient
   ) async throws {
-    var (after, checks) = self.state.withLock { state in
+    var (after, checks, reopen) = self.state.withLock { state in
       let actions = state.machine.received(response, on: generation)
-      return (state.perform(actions), Self.revisionChecks(actions))
+      return (
+        state.perform(actions), Self.revisionChecks(actions),
+        actions.contains(.renewTokenAndReopen)
+      )
     }
     Self.finish(after)
+    if reopen { throw RenewTokenAndReopen() }
     for (id, expected, seen) in checks {
       var options = EtcdGetOptions()
       options.countOnly = true
@@ -240,6 +252,9 @@ final class WatchMultiplexer: Sendable {
     }
   }
 }
+
+/// Ends the watch stream so that it is reopened with a new auth token.
+private struct RenewTokenAndReopen: Error {}
 
 /// A flag set from a `@Sendable` closure.
 final class Flag: Sendable {

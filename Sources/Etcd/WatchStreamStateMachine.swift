@@ -22,6 +22,9 @@ struct WatchStreamStateMachine {
     /// The next revision to deliver; 0 until etcd has told us the creation revision.
     var nextRevision: Int64
     var phase: Phase
+    /// Refused over authentication once, and waiting to be created again on a stream opened
+    /// with a fresh auth token; a second refusal is final.
+    var deniedOnce = false
   }
 
   enum Phase: Equatable {
@@ -43,6 +46,11 @@ struct WatchStreamStateMachine {
     /// The watch resumed at a revision beyond etcd's current one: check with a linearizable
     /// read whether the store was replaced, then report ``revisionChecked(_:current:)``.
     case checkRevision(WatchID, expected: Int64, seen: Int64)
+    /// A create was refused over authentication: etcd checks a watch with the token the stream
+    /// was opened with, which may have expired since (etcd's simple tokens live
+    /// `--auth-token-ttl` of disuse). Drop the cached token and reopen the stream; every watch
+    /// resumes on the new one.
+    case renewTokenAndReopen
   }
 
   private(set) var watchers: [WatchID: Watcher] = [:]
@@ -198,11 +206,22 @@ struct WatchStreamStateMachine {
     self.creating = nil
     var actions: [Action] = []
     if var watcher = self.watchers[id] {
-      if response.canceled || response.watchID < 0 {
+      let error = Self.cancelError(response, watcher)
+      if response.canceled || response.watchID < 0, Self.isAuthRefusal(response),
+        !watcher.deniedOnce
+      {
+        // Possibly the stream's token, not the user's permission: try once more on a stream
+        // with a fresh token. Nothing more goes out on this stream.
+        watcher.deniedOnce = true
+        watcher.phase = .queued
+        self.watchers[id] = watcher
+        return [.renewTokenAndReopen]
+      } else if response.canceled || response.watchID < 0 {
         // Refused at creation: a bad range, no permission, or a compacted start revision.
         self.watchers[id] = nil
-        actions.append(.fail(id, Self.cancelError(response, watcher)))
+        actions.append(.fail(id, error))
       } else {
+        watcher.deniedOnce = false
         watcher.phase = .active(serverID: response.watchID)
         self.byServerID[response.watchID] = id
         if watcher.nextRevision == 0 {
@@ -279,7 +298,24 @@ struct WatchStreamStateMachine {
       )
     }
     let reason = response.cancelReason.isEmpty ? "no reason given" : response.cancelReason
-    let code: EtcdError.Code = reason.contains("permission denied") ? .permissionDenied : .canceled
+    let code: EtcdError.Code
+    if reason.contains("permission denied") {
+      code = .permissionDenied
+    } else if Self.isAuthRefusal(response) {
+      code = .authFailed
+    } else {
+      code = .canceled
+    }
     return EtcdError(code: code, message: "etcd canceled the watch: \(reason)")
+  }
+
+  /// Whether etcd refused a watch over the stream's authentication: etcd checks a watch with the
+  /// token its stream was opened with (reasons as etcd 3.4 and 3.5 word them: an expired token,
+  /// a token older than the last auth change, no user, no permission).
+  private static func isAuthRefusal(_ response: Etcdserverpb_WatchResponse) -> Bool {
+    guard response.compactRevision == 0 else { return false }
+    let reason = response.cancelReason
+    return reason.contains("invalid auth token") || reason.contains("revision in header is old")
+      || reason.contains("user name is empty") || reason.contains("permission denied")
   }
 }

@@ -145,7 +145,12 @@ extension EtcdServiceRegistry {
   func recover() async {
     var attempt = 0
     let spread = self.configuration.recoveryBackoff.initial * Double.random(in: 0 ... 10)
-    try? await Task.sleep(for: min(spread, self.configuration.leaseTTL / 2))
+    let firstDelay = min(spread, self.configuration.leaseTTL / 2)
+    self.logger.debug(
+      "registry recovery starts",
+      metadata: ["registry.first_attempt_in_ms": "\(Int(firstDelay / .milliseconds(1)))"]
+    )
+    try? await Task.sleep(for: firstDelay)
     while !Task.isCancelled {
       if self.state.withLock({ $0.isShutDown || $0.registrations.isEmpty }) { return }
       attempt += 1

@@ -84,10 +84,10 @@ struct EtcdLeaseWatchTests {
       let p = uniquePrefix()
       let kept = try await etcd.grantLease(ttl: 2)
       // Renewals start at once, before anything else can delay them on a loaded machine.
-      let renewals = Mutex(0)
+      let renewals = Mutex<[ContinuousClock.Instant]>([])
       let keeper = Task {
         for await event in etcd.keepAlive(kept) {
-          if case .renewed = event { renewals.withLock { $0 += 1 } }
+          if case .renewed = event { renewals.withLock { $0.append(.now) } }
         }
       }
       defer { keeper.cancel() }
@@ -109,7 +109,16 @@ struct EtcdLeaseWatchTests {
         try await Task.sleep(for: .milliseconds(500))
       }
       #expect(try await etcd.get(p + "kept") != nil)
-      #expect(renewals.withLock { $0 } >= 10, "renewed every TTL/3")
+      // Catches a renewal period other than TTL/3 (TTL/2 gives 1 s here, TTL/4 0.5 s): the
+      // median interval between renewals is measured, not a count.
+      let times = renewals.withLock { $0 }
+      let intervals = zip(times.dropFirst(), times).map { $0 - $1 }.sorted()
+      try #require(intervals.count >= 8, "renewals: \(times.count)")
+      let median = intervals[intervals.count / 2]
+      #expect(
+        median > .milliseconds(580) && median < .milliseconds(760),
+        "renewed every TTL/3 (667 ms for a 2 s lease); median interval \(median)"
+      )
       #expect(etcd.keepAliveStreamsOpened == 1)
     }
   }

@@ -75,8 +75,13 @@ struct EtcdRegistryFaultTests {
   func recoveryStampede() async throws {
     let count = Int(ProcessInfo.processInfo.environment["STAMPEDE_REGISTRIES"] ?? "") ?? 200
     try await withEtcdCluster { cluster in
-      let registries = try (0 ..< count).map { _ in
-        try RunningRegistry(cluster, prefix: "/stampede")
+      let logs = LogCapture()
+      let registries = try (0 ..< count).map { index in
+        try RunningRegistry(
+          cluster,
+          prefix: "/stampede",
+          logger: logs.logger(label: "registry-\(index)")
+        )
       }
       for (index, running) in registries.enumerated() {
         try await running.registry.register(
@@ -91,6 +96,7 @@ struct EtcdRegistryFaultTests {
         recorder.currentAddresses.count == count
       }
 
+      let logsBefore = logs.entries.count
       try await cluster.members[0].restart(wipeData: true)
       let back = ContinuousClock.now
       // Record when each instance reappears in etcd.
@@ -118,6 +124,19 @@ struct EtcdRegistryFaultTests {
         spread > .milliseconds(100),
         "re-registrations are spread out, not all at one instant"
       )
+      // The arrival spread above also comes from queueing; the jitter itself is measured from
+      // what each registry chose. Catches a jitter that is lost (all delays equal) or narrowed:
+      // the first attempts, drawn from 0 to 1 s, must fill at least 8 of its ten 100 ms slots.
+      var firstDelays: [String: Int] = [:]
+      for entry in logs.entries.dropFirst(logsBefore)
+      where entry.message == "registry recovery starts" && firstDelays[entry.label] == nil {
+        firstDelays[entry.label] = entry.metadata["registry.first_attempt_in_ms"].flatMap {
+          Int($0)
+        }
+      }
+      #expect(firstDelays.count == count, "every registry recovered: \(firstDelays.count)")
+      let slots = Set(firstDelays.values.map { min($0 / 100, 9) })
+      #expect(slots.count >= 8, "first attempts fell in slots \(slots.sorted())")
       try await recorder.waitForAddresses(
         (0 ..< count).map { "10.1.\($0 / 250).\($0 % 250 + 1):80" },
         within: .seconds(30)

@@ -32,6 +32,7 @@ final class RunningRegistry: Sendable {
     _ cluster: EtcdCluster,
     prefix: String,
     metricsFactory: any MetricsFactory = MetricsSystem.factory,
+    logger: Logger = testLogger("registry"),
     configure: (inout EtcdServiceRegistry.Configuration) -> Void = { _ in }
   ) throws {
     let registry = try EtcdServiceRegistry(
@@ -41,7 +42,7 @@ final class RunningRegistry: Sendable {
         $0.leaseTTL = .seconds(2)
         configure(&$0)
       },
-      logger: testLogger("registry"),
+      logger: logger,
       metricsFactory: metricsFactory
     )
     self.registry = registry

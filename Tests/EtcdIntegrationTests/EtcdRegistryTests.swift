@@ -7,6 +7,10 @@ import RegistryTesting
 import Synchronization
 import Testing
 
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
 @Suite("EtcdServiceRegistry", .timeLimit(.minutes(3)))
 struct EtcdRegistryTests {
   @Test("conformance", arguments: RegistryConformance.checks)
@@ -87,6 +91,38 @@ struct EtcdRegistryTests {
     await running.stop()
   }
 
+  // Catches a registry that opens an etcd watch per local watcher: etcd's own gauge of its
+  // watchers grows by one per service, however many local watchers follow it.
+  @Test("one etcd watch per service per process, however many local watchers")
+  func oneWatchPerService() async throws {
+    try await withEtcdCluster { cluster in
+      let running = try RunningRegistry(cluster, prefix: "/shared-watch")
+      try await running.registry.register(ServiceInstance(name: "a", address: "10.0.0.1:80"))
+      try await running.registry.register(ServiceInstance(name: "b", address: "10.0.0.2:80"))
+      let metrics = try #require(URL(string: "\(cluster.members[0].clientURL)/metrics"))
+      @Sendable func etcdWatchers() async throws -> Int {
+        let (data, _) = try await URLSession.shared.data(from: metrics)
+        let line = String(decoding: data, as: UTF8.self).split(separator: "\n")
+          .first { $0.hasPrefix("etcd_debugging_mvcc_watcher_total ") }
+        return try #require(line.flatMap { Double($0.split(separator: " ")[1]) }.map { Int($0) })
+      }
+      let baseline = try await etcdWatchers()
+      let followA = (0 ..< 20).map { _ in WatchRecorder(running.registry.watch("a")) }
+      let followB = (0 ..< 10).map { _ in WatchRecorder(running.registry.watch("b")) }
+      for recorder in followA { try await recorder.waitForAddresses(["10.0.0.1:80"]) }
+      for recorder in followB { try await recorder.waitForAddresses(["10.0.0.2:80"]) }
+      // Every local watcher has its snapshot, so every etcd watch it needed exists.
+      try await waitUntil("etcd reports two more watchers", within: .seconds(5)) {
+        try await etcdWatchers() == baseline + 2
+      }
+      for recorder in followA + followB { recorder.cancel() }
+      try await waitUntil("etcd's watchers go back to the baseline", within: .seconds(10)) {
+        try await etcdWatchers() == baseline
+      }
+      await running.stop()
+    }
+  }
+
   @Test("a key deleted by someone else is restored within a second")
   func keyDeleted() async throws {
     let cluster = try await SharedEtcd.get()
@@ -163,6 +199,21 @@ struct EtcdRegistryTests {
         (try? await client.registry.instances(of: "svc").map(\.address)) == ["10.0.0.1:80"]
       }
       #expect(ContinuousClock.now - back < .seconds(2))
+      // The restarted etcd extends every lease by its TTL once; a registry that never resumed
+      // its keep-alive loses the key 2 s later. Catches that: the key must outlive 3 x TTL.
+      let kept = back + .seconds(6)
+      try await waitUntil(
+        "3 x TTL after the restart",
+        within: .seconds(10),
+        pollEvery: .milliseconds(200)
+      ) {
+        let listed = try await cluster.etcdctl(["get", "/outage/svc/", "--prefix", "--keys-only"])
+        try #require(
+          listed.contains("10.0.0.1:80"),
+          "the registration vanished after etcd came back: its keep-alive did not resume"
+        )
+        return ContinuousClock.now >= kept
+      }
       #expect(recorder.currentAddresses == ["10.0.0.1:80"])
       #expect(
         !recorder.events.contains { if case .removed = $0 { true } else { false } },

@@ -2,6 +2,7 @@ import Etcd
 import EtcdHarness
 import Foundation
 import RegistryTesting
+import Synchronization
 import Testing
 
 @Suite("EtcdClient TLS and auth", .timeLimit(.minutes(2)))
@@ -113,24 +114,66 @@ struct EtcdSecurityTests {
     }
   }
 
-  @Test("an expired auth token is renewed transparently")
+  // Catches a client that never re-authenticates (the second put would fail), that
+  // authenticates per request instead of once per token, and streams (a watch, a lease
+  // keep-alive, a watch opened after the expiry) that die with the token.
+  @Test("an expired auth token is renewed once; watch and keep-alive streams outlive it")
   func tokenExpiry() async throws {
     try await withEtcdCluster(.defaults { $0.authTokenTTL = 1 }) { cluster in
       try await cluster.enableAuth(rootPassword: "pw")
+      let logs = LogCapture()
       try await withEtcdClient(
         configuration: .testing(cluster) {
           $0.credentials = .init(username: "root", password: "pw")
         },
-        logger: testLogger("token-expiry")
+        logger: logs.logger(label: "token-expiry", level: .debug)
       ) { etcd in
         try await etcd.put("/token/k", value: "1")
-        // Simple tokens expire after --auth-token-ttl of disuse; wait past it, then use the client.
+        #expect(logs.entries(containing: "etcd authenticated").count == 1)
+        let watch = BatchRecorder(etcd.watch(.prefix("/token/w/")))
+        defer { watch.cancel() }
+        try await waitUntil("the watch is live", within: .seconds(5)) {
+          try await etcd.put("/token/w/sentinel", value: "x")
+          return !watch.events.isEmpty
+        }
+        let lease = try await etcd.grantLease(ttl: 2)
+        let renewals = Mutex(0)
+        let keeper = Task {
+          for await event in etcd.keepAlive(lease) {
+            if case .renewed = event { renewals.withLock { $0 += 1 } }
+          }
+        }
+        defer { keeper.cancel() }
+        try await etcd.put("/token/leased", value: "1", lease: lease.id)
+        let authentications = logs.entries(containing: "etcd authenticated").count
+
+        // Simple tokens expire after --auth-token-ttl of disuse; wait past it.
         let idle = ContinuousClock.now + .seconds(3)
         try await waitUntil("the token has had time to expire", within: .seconds(5)) {
           ContinuousClock.now >= idle
         }
         try await etcd.put("/token/k", value: "2")
         #expect(try await etcd.get("/token/k")?.valueString == "2")
+        #expect(
+          logs.entries(containing: "etcd authenticated").count == authentications + 1,
+          "one re-authentication after the expiry: \(logs.entries(containing: "authenticated"))"
+        )
+        // The watch opened before the expiry still delivers; one opened after it works too.
+        let before = watch.events.count
+        try await cluster.etcdctl(["--user", "root:pw", "put", "/token/w/after", "1"])
+        try await watch.waitForEvents(before + 1)
+        let late = BatchRecorder(etcd.watch(.prefix("/token/late/")))
+        defer { late.cancel() }
+        try await waitUntil(
+          "a watch opened after the expiry is live (log: \(logs.entries.suffix(8)))",
+          within: .seconds(5)
+        ) {
+          try await etcd.put("/token/late/sentinel", value: "x")
+          return !late.events.isEmpty
+        }
+        // The keep-alive stream kept renewing through the expiry: the 2 s lease outlived 3 s.
+        #expect(try await etcd.get("/token/leased") != nil)
+        #expect(renewals.withLock { $0 } >= 4)
       }
     }
   }

@@ -85,6 +85,11 @@ final class OutputCollector: Sendable {
     let text = self.text
     self.pipe.fileHandleForReading.readabilityHandler = { handle in
       let data = handle.availableData
+      // End of file: without this the handler is called again and again, spinning a core.
+      if data.isEmpty {
+        handle.readabilityHandler = nil
+        return
+      }
       text.value.withLock { $0 += String(decoding: data, as: UTF8.self) }
     }
   }
@@ -188,6 +193,46 @@ struct RegistryCtlTests {
       connection: false
     )
     #expect(alias.status == 0, "\(alias.stderr)")
+  }
+
+  // Catches a `watch` that misses or garbles a kind of change, prints only at exit (buffered),
+  // or does not stop cleanly on SIGINT.
+  @Test("watch prints the snapshot, then each add, update and removal as it happens")
+  func watch() async throws {
+    let cluster = try await SharedEtcd.get()
+    let ctl = RegistryCtl(cluster: cluster, prefix: uniquePrefix("ctlwatch"))
+    let writer = try RunningRegistry(cluster, prefix: ctl.prefix)
+    try await writer.registry.register(ServiceInstance(name: "svc", address: "10.0.0.1:80"))
+    let collector = OutputCollector()
+    let watcher = try ctl.start(["watch", "svc"], output: collector.pipe)
+    func lines(_ kind: String) -> [Substring] {
+      collector.output.split(separator: "\n").filter { $0.contains(" \(kind) rev=") }
+    }
+    try await waitUntil("the snapshot is printed", within: .seconds(10)) {
+      lines("snapshot").first?.contains("instances=1") == true
+        && collector.output.contains("10.0.0.1:80")
+    }
+    try await writer.registry.register(
+      ServiceInstance(name: "svc", address: "10.0.0.2:80", weight: 5)
+    )
+    try await waitUntil("the addition is printed", within: .seconds(5)) {
+      lines("added").contains { $0.contains("10.0.0.2:80") }
+    }
+    try await writer.registry.register(
+      ServiceInstance(name: "svc", address: "10.0.0.2:80", weight: 7)
+    )
+    try await waitUntil("the update is printed", within: .seconds(5)) {
+      lines("updated").contains { $0.contains("10.0.0.2:80") }
+    }
+    try await writer.registry.deregister(service: "svc", address: "10.0.0.1:80")
+    try await waitUntil("the removal is printed", within: .seconds(5)) {
+      lines("removed").contains { $0.contains("10.0.0.1:80") }
+    }
+    #expect(lines("added").count == 1 && lines("updated").count == 1, "\(collector.output)")
+    kill(watcher.processIdentifier, SIGINT)
+    try await waitUntil("SIGINT stops the watch", within: .seconds(10)) { !watcher.isRunning }
+    #expect(watcher.terminationStatus == 0)
+    await writer.stop()
   }
 
   @Test("an unreachable etcd exits 3 with advice")

@@ -75,6 +75,72 @@ struct ClientSummary: Decodable, Sendable {
   var servers: [String: Int]
 }
 
+/// A running `user-client`: its JSON summary on stdout, its `PROGRESS` lines on stderr.
+final class UserClientProcess: Sendable {
+  let process: Process
+  private let stdout = OutputCollector()
+  private let stderr = OutputCollector()
+
+  init(
+    etcd: EtcdCluster,
+    prefix: String,
+    calls: Int,
+    concurrency: Int,
+    progressEvery: Int = 0
+  )
+    throws
+  {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: try Executables.path("user-client"))
+    process.arguments = [
+      "--etcd", etcd.endpoints.joined(separator: ","), "--prefix", prefix, "--calls", "\(calls)",
+      "--concurrency", "\(concurrency)", "--progress-every", "\(progressEvery)",
+    ]
+    process.standardOutput = self.stdout.pipe
+    process.standardError = self.stderr.pipe
+    try process.run()
+    self.process = process
+  }
+
+  /// Waits until the client reports at least `calls` calls ended (its `--progress-every` lines).
+  func waitForProgress(_ calls: Int, within timeout: Duration = .seconds(30)) async throws {
+    try await waitUntil("user-client reports \(calls) calls ended", within: timeout) {
+      let reported = self.stderr.output.split(separator: "\n").compactMap { line in
+        line.hasPrefix("PROGRESS ") ? Int(line.dropFirst("PROGRESS ".count)) : nil
+      }
+      if reported.contains(where: { $0 >= calls }) { return true }
+      if !self.process.isRunning {
+        throw WaitTimeoutError(
+          description: "user-client exited before \(calls) calls: \(self.stderr.output)"
+        )
+      }
+      return false
+    }
+  }
+
+  /// Waits for the client to exit and decodes its summary.
+  func summary(within timeout: Duration = .seconds(60)) async throws -> ClientSummary {
+    try await waitUntil("user-client exits", within: timeout) { !self.process.isRunning }
+    // The pipe's last bytes may land just after the exit is seen.
+    var summary: ClientSummary?
+    try await waitUntil(
+      "user-client's summary is read (stdout: \(self.stdout.output))",
+      within: .seconds(5)
+    ) {
+      summary = try? JSONDecoder().decode(ClientSummary.self, from: Data(self.stdout.output.utf8))
+      return summary != nil
+    }
+    guard let summary else {
+      throw WaitTimeoutError(description: "user-client printed no summary")
+    }
+    return summary
+  }
+
+  deinit {
+    if self.process.isRunning { kill(self.process.processIdentifier, SIGKILL) }
+  }
+}
+
 /// Runs `user-client` to completion and decodes its JSON summary.
 func runUserClient(
   etcd: EtcdCluster,
@@ -82,25 +148,8 @@ func runUserClient(
   calls: Int,
   concurrency: Int
 ) async throws -> ClientSummary {
-  let process = Process()
-  process.executableURL = URL(fileURLWithPath: try Executables.path("user-client"))
-  process.arguments = [
-    "--etcd", etcd.endpoints.joined(separator: ","), "--prefix", prefix, "--calls", "\(calls)",
-    "--concurrency", "\(concurrency)",
-  ]
-  let output = Pipe()
-  process.standardOutput = output
-  process.standardError = FileHandle.nullDevice
-  try process.run()
-  let data = output.fileHandleForReading.readDataToEndOfFile()
-  process.waitUntilExit()
-  do {
-    return try JSONDecoder().decode(ClientSummary.self, from: data)
-  } catch {
-    throw WaitTimeoutError(
-      description: "user-client printed no summary: \(String(decoding: data, as: UTF8.self))"
-    )
-  }
+  try await UserClientProcess(etcd: etcd, prefix: prefix, calls: calls, concurrency: concurrency)
+    .summary()
 }
 
 @Suite("user-server and user-client on etcd", .timeLimit(.minutes(4)), .serialized)
@@ -127,14 +176,18 @@ struct UserServiceProcessTests {
     #expect(Set(summary.servers.keys) == Set(servers.map(\.address)), "\(summary)")
 
     // Graceful: SIGTERM during a run fails no call.
-    let graceful = Task {
-      try await runUserClient(etcd: cluster, prefix: prefix, calls: 6000, concurrency: 8)
-    }
-    // Not synchronisation: the stop lands somewhere inside the 6,000 calls, and the assertion
-    // holds wherever it lands.
-    try await Task.sleep(for: .milliseconds(300))
+    let graceful = try UserClientProcess(
+      etcd: cluster,
+      prefix: prefix,
+      calls: 6000,
+      concurrency: 8,
+      progressEvery: 500
+    )
+    // The stop lands inside the run: 1,000 of the 6,000 calls have ended.
+    try await graceful.waitForProgress(1000)
     servers[0].process.terminate()
-    let afterGraceful = try await graceful.value
+    let afterGraceful = try await graceful.summary()
+    #expect(afterGraceful.ok + afterGraceful.failed == 6000)
     try await waitUntil("the stopped server exits", within: .seconds(10)) {
       !servers[0].process.isRunning
     }
@@ -146,17 +199,21 @@ struct UserServiceProcessTests {
     let recorder = WatchRecorder(watcher.registry.watch("user-server"))
     defer { recorder.cancel() }
     try await recorder.waitForAddresses([servers[1].address, servers[2].address])
-    let abrupt = Task {
-      try await runUserClient(etcd: cluster, prefix: prefix, calls: 6000, concurrency: 8)
-    }
-    try await Task.sleep(for: .milliseconds(300))
+    let abrupt = try UserClientProcess(
+      etcd: cluster,
+      prefix: prefix,
+      calls: 6000,
+      concurrency: 8,
+      progressEvery: 500
+    )
+    try await abrupt.waitForProgress(1000)
     kill(servers[1].process.processIdentifier, SIGKILL)
     let killed = ContinuousClock.now
     try await recorder.waitForAddresses([servers[2].address], within: .seconds(7))
     let gone = ContinuousClock.now - killed
     print("SIGKILLed user-server left discovery after \(gone) (TTL 5 s)")
     #expect(gone < .seconds(6))
-    let afterAbrupt = try await abrupt.value
+    let afterAbrupt = try await abrupt.summary()
     #expect(
       afterAbrupt.failed <= 8,
       "only calls in flight on the dead connection may fail: \(afterAbrupt)"

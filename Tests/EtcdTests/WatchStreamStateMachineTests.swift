@@ -162,21 +162,73 @@ struct WatchStreamStateMachineTests {
     #expect(machine.watchers[id] == nil)
   }
 
-  @Test("a refused creation fails that watch and the next create goes out")
+  @Test(
+    "a creation refused for permission is tried once more on a stream with a new token; refused again, it fails and the next create goes out"
+  )
   func refusedCreation() throws {
     var machine = Machine()
     let (denied, _) = machine.add(.prefix("/secret/"), options: EtcdWatchOptions())
     let (allowed, _) = machine.add(.prefix("/open/"), options: EtcdWatchOptions())
-    let (generation, _) = machine.streamOpened()
+    var (generation, _) = machine.streamOpened()
     var refusal = Self.created(id: 0, revision: 8)
     refusal.canceled = true
     refusal.cancelReason = "etcdserver: permission denied"
-    let actions = machine.received(refusal, on: generation)
+    // The first refusal may be the stream's expired token: reopen, fail nothing.
+    var actions = machine.received(refusal, on: generation)
+    #expect(actions == [.renewTokenAndReopen])
+    #expect(machine.watchers[denied]?.phase == .queued)
+    machine.streamClosed(generation)
+    (generation, actions) = machine.streamOpened()
+    #expect(Self.creates(actions).map(\.key) == [Data("/secret/".utf8)])
+    // Refused again with a new token: the user may not watch it.
+    actions = machine.received(refusal, on: generation)
     #expect(Self.failures(actions).map(\.0) == [denied])
     #expect(Self.failures(actions).first?.1.code == .permissionDenied)
     #expect(Self.creates(actions).map(\.key) == [Data("/open/".utf8)])
     _ = machine.received(Self.created(id: 0, revision: 8), on: generation)
     #expect(machine.watchers[allowed]?.phase == .active(serverID: 0))
+  }
+
+  @Test(
+    "an expired token (etcd: invalid auth token) is renewed; a watch allowed again is renewed once more later"
+  )
+  func refusalResetsOnCreation() throws {
+    var machine = Machine()
+    let (id, _) = machine.add(.prefix("/k/"), options: EtcdWatchOptions())
+    var (generation, _) = machine.streamOpened()
+    var refusal = Self.created(id: -1, revision: 8)
+    refusal.canceled = true
+    refusal.cancelReason = "etcdserver: invalid auth token"
+    #expect(machine.received(refusal, on: generation) == [.renewTokenAndReopen])
+    machine.streamClosed(generation)
+    (generation, _) = machine.streamOpened()
+    _ = machine.received(Self.created(id: 3, revision: 9), on: generation)
+    #expect(machine.watchers[id]?.phase == .active(serverID: 3))
+    // Much later the stream breaks and the token has expired again: one more renewal.
+    machine.streamClosed(generation)
+    (generation, _) = machine.streamOpened()
+    #expect(machine.received(refusal, on: generation) == [.renewTokenAndReopen])
+    // And a second refusal in a row ends it, saying why.
+    machine.streamClosed(generation)
+    (generation, _) = machine.streamOpened()
+    let actions = machine.received(refusal, on: generation)
+    #expect(Self.failures(actions).map(\.0) == [id])
+    #expect(Self.failures(actions).first?.1.code == .authFailed)
+  }
+
+  @Test("a compacted start revision is not retried with a new token")
+  func compactedNotRetried() throws {
+    var machine = Machine()
+    var options = EtcdWatchOptions()
+    options.startRevision = 5
+    let (id, _) = machine.add(.prefix("/k/"), options: options)
+    let (generation, _) = machine.streamOpened()
+    var refusal = Self.created(id: -1, revision: 50)
+    refusal.canceled = true
+    refusal.compactRevision = 40
+    let actions = machine.received(refusal, on: generation)
+    #expect(Self.failures(actions).map(\.0) == [id])
+    #expect(!actions.contains(.renewTokenAndReopen))
   }
 
   // MARK: - Replaced store

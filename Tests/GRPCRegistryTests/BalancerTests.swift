@@ -47,13 +47,14 @@ struct BalancerTests {
   }
 
   static func balancer(
+    policy: RegistryClientTransport.LoadBalancingPolicy = .weightedRoundRobin,
     subsetting: RegistryClientTransport.Subsetting? = nil,
     slowStart: RegistryClientTransport.SlowStart? = nil,
     defaultGroup: String? = nil
   ) -> Balancer {
     Balancer(
       service: "svc",
-      policy: .weightedRoundRobin,
+      policy: policy,
       outlier: RegistryClientTransport.OutlierDetection(consecutiveFailures: 0),
       healthChecking: false,
       subsetting: subsetting,
@@ -101,6 +102,74 @@ struct BalancerTests {
       }
     }
     return tally
+  }
+
+  // MARK: Power of two choices
+
+  /// A random source that makes `Int.random(in: 0 ..< bound)` return scripted indices.
+  struct ScriptedDraws: RandomNumberGenerator {
+    /// (index, bound) pairs, in draw order.
+    var draws: [(index: Int, bound: Int)]
+
+    mutating func next() -> UInt64 {
+      guard !self.draws.isEmpty else {
+        Issue.record("more random draws than scripted")
+        return 0
+      }
+      let (index, bound) = self.draws.removeFirst()
+      // `next(upperBound:)` keeps the high word of value × bound: aim at the middle of the
+      // index's slice of the 64-bit range.
+      let slice = UInt64.max / UInt64(bound)
+      return slice * UInt64(index) + slice / 2
+    }
+  }
+
+  // Catches a P2C that ignores load or weight, and the option being ignored (round robin picks
+  // another sequence): each pick is checked against the rule for the two scripted draws.
+  @Test("power of two choices takes the less loaded of two draws, per unit of weight")
+  func powerOfTwoChoicesPicks() {
+    var balancer = Self.balancer(policy: .powerOfTwoChoices)
+    let instances = [
+      ServiceInstance(name: "svc", address: "10.0.0.1:80", weight: 1),
+      ServiceInstance(name: "svc", address: "10.0.0.2:80", weight: 1),
+      ServiceInstance(name: "svc", address: "10.0.0.3:80", weight: 2),
+    ]
+    Self.apply(instances, to: &balancer)
+    // Candidates in address order: a, b, c (weight 2). A draw is (first of 3, second of the
+    // other 2); calls are held, so outstanding counts grow.
+    let (a, b, c) = ("10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80")
+    let steps: [(first: Int, second: Int, expected: String, why: String)] = [
+      (0, 0, a, "a vs b, both idle: the first drawn"),
+      (0, 0, b, "a (1 call) vs b (idle)"),
+      (0, 1, c, "a (1 call) vs c (idle)"),
+      (2, 0, c, "c (1 call, weight 2) vs a (1 call, weight 1): c's load per weight is half"),
+      (2, 0, c, "c (2 calls: 1.5 per weight) vs a (1 call: 2 per weight)"),
+      (
+        2, 1, c,
+        "c (3 calls: 2 per weight) vs b (1 call: 2 per weight): a tie goes to c, drawn first"
+      ),
+      (1, 1, b, "b (1 call: 2 per weight) vs c (4 calls: 2.5 per weight)"),
+    ]
+    var random = ScriptedDraws(
+      draws: steps.flatMap { [(index: $0.first, bound: 3), (index: $0.second, bound: 2)] }
+    )
+    var picked: [String] = []
+    for step in steps {
+      guard
+        case .picked(let subchannel) = balancer.pick(
+          group: nil,
+          excluding: [],
+          now: .now,
+          random: &random
+        )
+      else {
+        Issue.record("no pick for \(step.why)")
+        return
+      }
+      picked.append(subchannel.address)
+      #expect(subchannel.address == step.expected, "\(step.why)")
+    }
+    #expect(picked == steps.map(\.expected))
   }
 
   // MARK: Subsetting

@@ -1,11 +1,12 @@
 import GRPCConnection
 import GRPCCore
-import GRPCRegistry
 import RegistryCore
 import RegistryTesting
 import Synchronization
 import Testing
 import UserService
+
+@testable import GRPCRegistry
 
 @Suite("registered server", .timeLimit(.minutes(2)))
 struct RegisteredServerTests {
@@ -98,13 +99,18 @@ struct RegisteredServerTests {
     try await first.stopGracefully()
   }
 
-  @Test("graceful shutdown deregisters first, keeps serving during the drain delay, then stops")
+  // Catches a server that stops before deregistering, stops serving during the drain, keeps
+  // reporting SERVING on the health service while it drains, or drains without saying so.
+  @Test(
+    "graceful shutdown deregisters first, reports NOT_SERVING, keeps serving during the drain delay, then stops"
+  )
   func gracefulShutdownOrder() async throws {
     let registry = InMemoryRegistry()
+    let logs = LogCapture()
     let server = RegisteredServer(
       config: .init(name: "user-server") { $0.drainDelay = .seconds(1) },
       registry: registry,
-      logger: testLogger()
+      logger: logs.logger()
     ) { server in
       [UserDirectory(name: { server.advertisedAddress ?? "" })]
     }
@@ -122,7 +128,9 @@ struct RegisteredServerTests {
       )
       try await withGRPCClient(transport: connection) { client in
         let users = User_UserMesService.Client(wrapping: client)
+        let health = Grpc_Health_V1_Health.Client(wrapping: client)
         #expect(try await users.getById(User_GetByIdReq()).user.name == instance.address)
+        #expect(try await health.check(Grpc_Health_V1_HealthCheckRequest()).status == .serving)
         server.beginGracefulShutdown()
         try await waitUntil("the instance is deregistered") {
           try await registry.instances(of: "user-server").isEmpty
@@ -130,9 +138,16 @@ struct RegisteredServerTests {
         // Deregistered but still serving: the drain delay has not passed.
         #expect(!stopped.isSet)
         #expect(try await users.getById(User_GetByIdReq()).user.name == instance.address)
+        #expect(try await health.check(Grpc_Health_V1_HealthCheckRequest()).status == .notServing)
       }
       try await waitUntil("the server stopped") { stopped.isSet }
     }
+    let draining = try #require(logs.entries(containing: "Deregistering and draining").first)
+    #expect(draining.level == .info)
+    #expect(draining.metadata["registry.address"] != nil)
+    #expect(draining.metadata["registry.address"] == server.advertisedAddress)
+    #expect(draining.metadata["registry.drain"] == "1.0 seconds")
+    #expect(!logs.entries(containing: "Server stopped").isEmpty, "\(logs.entries)")
   }
 
   @Test("listening on 0.0.0.0 never registers 0.0.0.0")

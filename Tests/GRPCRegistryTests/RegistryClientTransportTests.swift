@@ -1,3 +1,4 @@
+import GRPCConnection
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import RegistryCore
@@ -164,7 +165,11 @@ struct RegistryClientTransportTests {
     for server in servers { try await server.stopGracefully() }
   }
 
-  @Test("100 remove/re-add cycles of one instance under 4 callers: no call fails")
+  // Catches a transport that ignores removals (the removed server keeps running, so calls to it
+  // would succeed) or never takes a re-added instance back: each cycle checks where calls go.
+  @Test(
+    "100 remove/re-add cycles of one instance under 4 callers: no call fails, none reaches it while removed"
+  )
   func removeReAddCycles() async throws {
     let registry = InMemoryRegistry()
     let servers = [
@@ -182,16 +187,31 @@ struct RegistryClientTransportTests {
       try await withThrowingDiscardingTaskGroup { group in
         group.addTask { await runCallers(4, users: users, tally: tally, until: stop) }
         defer { stop.set() }
-        for _ in 0 ..< 100 {
+        for cycle in 0 ..< 100 {
           try await cycled.registry.deregister(service: "user-server", address: cycled.address)
-          var before = tally.total
-          try await waitUntil("calls continue while it is out", within: .seconds(30)) {
-            tally.total > before + 4
+          try await waitUntil("cycle \(cycle): the transport drops it", within: .seconds(30)) {
+            !transport.instanceStatuses.contains { $0.instance.address == cycled.address }
           }
+          // Calls that were already on it may still end there; none may start there now.
+          let reachedWhileOut = tally.perServer[cycled.address, default: 0]
+          let before = tally.total
+          try await waitUntil(
+            "cycle \(cycle): calls continue while it is out",
+            within: .seconds(30)
+          ) {
+            tally.total > before + 8
+          }
+          #expect(
+            tally.perServer[cycled.address, default: 0] <= reachedWhileOut + 4,
+            "cycle \(cycle): calls reached a removed instance"
+          )
           try await cycled.registry.register(instance)
-          before = tally.total
-          try await waitUntil("calls continue once it is back", within: .seconds(30)) {
-            tally.total > before + 4
+          let reached = tally.perServer[cycled.address, default: 0]
+          try await waitUntil(
+            "cycle \(cycle): calls reach it once it is back",
+            within: .seconds(30)
+          ) {
+            tally.perServer[cycled.address, default: 0] > reached + 4
           }
         }
       }
@@ -350,6 +370,41 @@ struct RegistryClientTransportTests {
       }
     }
     try await live.stopGracefully()
+  }
+
+  // Catches a transport that empties its instances (or stops retrying) when the registry's
+  // watch throws, and a failure that is not logged with the service and the error.
+  @Test("a registry watch that throws keeps the last instances in use, is retried, and is logged")
+  func watchFailureKeepsInstances() async throws {
+    let base = InMemoryRegistry()
+    let server = try await TestServer.start(registry: base)
+    let registry = FailingWatchRegistry(base: base)
+    let logs = LogCapture()
+    let config = RegistryClientTransport.Config.defaults {
+      $0.registryBackoff = HTTP2Connection.Backoff(
+        initial: .milliseconds(10),
+        max: .milliseconds(40),
+        multiplier: 2,
+        jitter: 0
+      )
+    }
+    try await withBalancedClient(registry: registry, config: config, logger: logs.logger()) {
+      transport,
+      users in
+      try await waitUntil("the watch failed and was retried three times", within: .seconds(10)) {
+        registry.subscriptions >= 4
+      }
+      for id in 0 ..< 20 { #expect(try await getName(users, id: Int64(id)) == server.address) }
+      #expect(transport.instanceStatuses.map(\.instance.address) == [server.address])
+    }
+    let warnings = logs.entries(containing: "Registry watch failed")
+    #expect(warnings.count >= 3, "\(logs.entries)")
+    let warning = try #require(warnings.first)
+    #expect(warning.level == .warning)
+    #expect(warning.metadata["registry.service"] == "user-server")
+    #expect(warning.metadata["registry.error"] == "the watch broke (test)")
+    #expect(warning.metadata["registry.retry_in"] != nil)
+    try await server.stopGracefully()
   }
 
   @Test("calls made before the registry answers wait for it")

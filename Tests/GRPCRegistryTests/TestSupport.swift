@@ -163,6 +163,55 @@ final class BrokenRegistry: ServiceRegistry {
   func shutdown() async {}
 }
 
+/// A registry whose watch delivers the base registry's first event (the snapshot) and then
+/// fails; every later subscription fails at once. Counts the subscriptions.
+final class FailingWatchRegistry: ServiceRegistry {
+  struct WatchBroke: Error, CustomStringConvertible {
+    var description: String { "the watch broke (test)" }
+  }
+  let base: InMemoryRegistry
+  private let count = Mutex(0)
+
+  init(base: InMemoryRegistry) { self.base = base }
+
+  /// How many times the watch was subscribed to.
+  var subscriptions: Int { self.count.withLock { $0 } }
+
+  func register(_ instance: ServiceInstance) async throws { try await self.base.register(instance) }
+  func deregister(service: String, address: String) async throws {
+    try await self.base.deregister(service: service, address: address)
+  }
+  func instances(of service: String) async throws -> [ServiceInstance] {
+    try await self.base.instances(of: service)
+  }
+  func watch(_ service: String) -> ServiceWatch {
+    let base = self.base.watch(service)
+    return ServiceWatch {
+      let first = self.count.withLock { count in
+        count += 1
+        return count == 1
+      }
+      return AsyncThrowingStream { continuation in
+        guard first else {
+          continuation.finish(throwing: WatchBroke())
+          return
+        }
+        let forward = Task {
+          var iterator = base.makeAsyncIterator()
+          do {
+            if let event = try await iterator.next() { continuation.yield(event) }
+            continuation.finish(throwing: WatchBroke())
+          } catch {
+            continuation.finish(throwing: error)
+          }
+        }
+        continuation.onTermination = { _ in forward.cancel() }
+      }
+    }
+  }
+  func shutdown() async {}
+}
+
 /// Counts calls per server name and failures, from several concurrent callers.
 final class CallTally: Sendable {
   private struct State {
@@ -191,6 +240,7 @@ func withBalancedClient<Result: Sendable>(
   _ target: RegistryTarget = .registry(service: "user-server"),
   registry: any ServiceRegistry,
   config: RegistryClientTransport.Config = .defaults,
+  logger: Logger = testLogger(),
   _ body: (RegistryClientTransport, User_UserMesService.Client<RegistryClientTransport>)
     async throws -> Result
 ) async throws -> Result {
@@ -198,7 +248,7 @@ func withBalancedClient<Result: Sendable>(
     target: target,
     registry: registry,
     config: config,
-    logger: testLogger()
+    logger: logger
   )
   return try await withGRPCClient(transport: transport) { client in
     try await body(transport, User_UserMesService.Client(wrapping: client))

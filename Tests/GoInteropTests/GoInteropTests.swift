@@ -77,15 +77,22 @@ struct GoInteropTests {
         let value7 = try await calls.getById(1)
         #expect(value7 == address)
         let start = ContinuousClock.now
-        let call = Task { await outcome { _ = try await calls.slow(10_000, .defaults) } }
-        // Not synchronisation: cancel whatever state the call is in after 200 ms; every state
-        // must end in `cancelled`.
-        try await Task.sleep(for: .milliseconds(200))
+        let echoed = AsyncStream.makeStream(of: Void.self)
+        let call = Task {
+          let result = await outcome { try await calls.heldChat { echoed.continuation.yield() } }
+          echoed.continuation.finish()
+          return result
+        }
+        // Cancelled once the server has echoed a message: the call is open at both ends (a call
+        // that fails before that ends the stream, and the check below reports how it ended).
+        var iterator = echoed.stream.makeAsyncIterator()
+        await iterator.next()
         call.cancel()
         let result = await call.value
         if client == .stock {
-          // Measured: the stock transport reports `unknown` for some calls cancelled in flight
-          // (grpc-go and grpc-swift servers alike); ours always reports `cancelled`.
+          // Measured: the stock transport ends a streaming call cancelled in flight with a
+          // `CancellationError` rather than `RPCError(.cancelled)` (and some unary calls with
+          // `unknown`), against grpc-go and grpc-swift servers alike; ours reports `cancelled`.
           withKnownIssue(
             "stock transport: a cancelled call may end 'unknown'",
             isIntermittent: true

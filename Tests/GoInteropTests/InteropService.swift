@@ -122,6 +122,9 @@ struct InteropClient: Sendable {
   let list: @Sendable (_ count: Int64) async throws -> [User_User]
   let collect: @Sendable ([String]) async throws -> User_User
   let chat: @Sendable ([String]) async throws -> [String]
+  /// A Chat call that sends one message, calls `echoed` when the server's echo arrives, and then
+  /// holds the stream open (it never half-closes) until the call is cancelled.
+  let heldChat: @Sendable (_ echoed: @escaping @Sendable () -> Void) async throws -> Void
   let missing: @Sendable () async throws -> Void
 
   init<Transport: ClientTransport>(_ client: GRPCClient<Transport>) {
@@ -201,6 +204,21 @@ struct InteropClient: Sendable {
         var names: [String] = []
         for try await user in response.messages { names.append(user.name) }
         return names
+      }
+    }
+    self.heldChat = { echoed in
+      try await client.bidirectionalStreaming(
+        request: StreamingClientRequest { writer in
+          try await writer.write(InteropTestService.user(0, "held"))
+          // Open until cancelled: the cancellation is what ends this call.
+          while true { try await Task.sleep(for: .seconds(3600)) }
+        },
+        descriptor: InteropTest.chat,
+        serializer: ProtobufSerializer<User_User>(),
+        deserializer: ProtobufDeserializer<User_User>(),
+        options: .defaults
+      ) { response in
+        for try await _ in response.messages { echoed() }
       }
     }
     self.missing = {
