@@ -288,10 +288,14 @@ let package = Package(
       swiftSettings: strictSettings
     ),
     // Our connection and the balanced transport against a grpc-go server (built from Debian's
-    // Go packages by the tests themselves, from GoInterop/), compared with the stock transport.
+    // Go packages by the tests themselves, from GoInterop/), compared with the stock transport;
+    // the instance codecs against Go's encoding/json and etcd's grpc-go naming resolver.
     .testTarget(
       name: "GoInteropTests",
       dependencies: [
+        "Etcd",
+        "EtcdHarness",
+        "EtcdRegistry",
         "GRPCConnection",
         "GRPCRegistry",
         "RegistryCore",

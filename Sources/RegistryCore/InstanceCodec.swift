@@ -41,6 +41,11 @@ public struct InstanceCodec: Sendable, CustomStringConvertible {
 
   /// etcd's naming format (`{"Op":0,"Addr":…,"Metadata":…}`), for grpc-go's etcd resolver. The
   /// weight, group, version and metadata travel inside `Metadata`; the name comes from the key.
+  ///
+  /// - Warning: etcd's resolver hands `Metadata`, a JSON object here, to grpc-go as
+  ///   `resolver.Address.Metadata`, and grpc-go's `round_robin` (1.33, Debian's) panics on it
+  ///   ("hash of unhashable type map[string]interface {}"; etcd-io/etcd#19700). `pick_first`
+  ///   works. `Tests/GoInteropTests/GoCodecTests.swift` runs both.
   public static var etcdNaming: Self {
     Self(name: "etcd-naming", encode: EtcdNaming.encode, decode: EtcdNaming.decode)
   }
@@ -300,6 +305,10 @@ private enum EtcdNaming {
 
 /// A minimal JSON writer that escapes strings exactly as Go's `encoding/json` does (HTML-safe:
 /// `<`, `>`, `&`, U+2028 and U+2029 as `\u` escapes), so values are byte-identical to Go's.
+///
+/// Backspace and form feed are written `\b` and `\f`, as Go 1.22 and later writes them; Go up
+/// to 1.21 writes `\u0008` and `\u000c` (the same string to every reader).
+/// `Tests/GoInteropTests/GoCodecTests.swift` compares the bytes with the installed Go's.
 struct JSONWriter {
   private(set) var bytes: [UInt8] = []
   private var needsComma = false

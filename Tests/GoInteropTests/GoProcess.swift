@@ -22,7 +22,7 @@ enum GoInteropBinary {
   static let installAdvice =
     "install Go and grpc-go from Debian's packages: run scripts/install-test-deps, or "
     + "apt-get install golang-go golang-google-grpc-dev golang-goprotobuf-dev "
-    + "golang-google-protobuf-dev"
+    + "golang-google-protobuf-dev golang-etcd-server-dev"
 
   /// The path of the built binary; builds it on first use.
   static func path() async throws -> String {
@@ -53,6 +53,10 @@ enum GoInteropBinary {
     let gocode = "/usr/share/gocode/src/google.golang.org/grpc"
     guard FileManager.default.fileExists(atPath: gocode) else {
       throw GoInteropError("grpc-go is missing (\(gocode)): \(installAdvice)")
+    }
+    let resolver = "/usr/share/gocode/src/go.etcd.io/etcd/clientv3/naming/resolver"
+    guard FileManager.default.fileExists(atPath: resolver) else {
+      throw GoInteropError("etcd's Go client is missing (\(resolver)): \(installAdvice)")
     }
     let directory = FileManager.default.temporaryDirectory
       .appendingPathComponent("go-interop-\(UUID().uuidString.prefix(8))")
@@ -124,6 +128,16 @@ final class GoProcess: Sendable {
   var stdout: String { self.output.text }
 
   var isRunning: Bool { self.process.isRunning }
+
+  /// Writes `line` and a newline to the child's stdin (for the modes that read commands).
+  func send(_ line: String) throws {
+    guard self.process.isRunning else {
+      throw GoInteropError(
+        "go-interop exited (\(self.process.terminationStatus)) before reading '\(line.prefix(60))': \(self.stdout)"
+      )
+    }
+    try self.input.fileHandleForWriting.write(contentsOf: Data((line + "\n").utf8))
+  }
 
   /// Waits until the child printed a line starting with `prefix`, and returns the rest of it.
   func line(startingWith prefix: String, within timeout: Duration) async throws -> String {

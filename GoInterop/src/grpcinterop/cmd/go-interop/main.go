@@ -12,6 +12,12 @@
 //	    Calls GetById N times, one at a time (or from C goroutines), and counts failed calls
 //	    and reconnects; prints one JSON line. With -stream M, each call is instead a List
 //	    streaming M messages back, all of which are read.
+//	go-interop json
+//	    Reads instances from stdin and compares Go's encoding/json with the registry's codecs
+//	    both ways (see codec.go).
+//	go-interop naming-call -etcd host:port -target /prefix/service [-calls N]
+//	    Dials etcd:///<target> through etcd's grpc-go resolver with round_robin and calls
+//	    GetById on commands from stdin (see naming.go).
 package main
 
 import (
@@ -42,7 +48,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fail("usage: go-interop serve|bench|reconnect [flags]")
+		fail("usage: go-interop serve|bench|reconnect|json|naming-call [flags]")
 	}
 	switch os.Args[1] {
 	case "serve":
@@ -51,8 +57,12 @@ func main() {
 		bench(os.Args[2:])
 	case "reconnect":
 		reconnect(os.Args[2:])
+	case "json":
+		codecMode(os.Args[2:])
+	case "naming-call":
+		namingCall(os.Args[2:])
 	default:
-		fail("unknown mode " + os.Args[1] + "; use serve, bench or reconnect")
+		fail("unknown mode " + os.Args[1] + "; use serve, bench, reconnect, json or naming-call")
 	}
 }
 
