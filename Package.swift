@@ -45,24 +45,33 @@ let package = Package(
     .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
   ],
   targets: [
+    // The package's shared primitives (the lock every module uses); not a product.
+    .target(
+      name: "RegistryPrimitives",
+      swiftSettings: strictSettings
+    ),
     // The registry model, the protocol, the embedded in-memory registry and the JSON codec.
     .target(
       name: "RegistryCore",
       dependencies: [
-        .product(name: "Logging", package: "swift-log")
+        "RegistryPrimitives",
+        .product(name: "Logging", package: "swift-log"),
       ],
       swiftSettings: strictSettings
     ),
     // The conformance suite every ServiceRegistry implementation must pass.
     .target(
       name: "RegistryTesting",
-      dependencies: ["RegistryCore", .product(name: "Logging", package: "swift-log")],
+      dependencies: [
+        "RegistryPrimitives", "RegistryCore", .product(name: "Logging", package: "swift-log"),
+      ],
       swiftSettings: strictSettings
     ),
     // Starts and stops real etcd processes (single node, clusters, TLS) for tests and benchmarks.
     .target(
       name: "EtcdHarness",
       dependencies: [
+        "RegistryPrimitives",
         .product(name: "Logging", package: "swift-log"),
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
@@ -73,6 +82,7 @@ let package = Package(
     .target(
       name: "GRPCConnection",
       dependencies: [
+        "RegistryPrimitives",
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
@@ -87,6 +97,7 @@ let package = Package(
     .target(
       name: "Etcd",
       dependencies: [
+        "RegistryPrimitives",
         "GRPCConnection",
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
@@ -101,6 +112,7 @@ let package = Package(
     .target(
       name: "EtcdRegistry",
       dependencies: [
+        "RegistryPrimitives",
         "RegistryCore",
         "Etcd",
         .product(name: "Logging", package: "swift-log"),
@@ -113,6 +125,7 @@ let package = Package(
     .target(
       name: "GRPCRegistry",
       dependencies: [
+        "RegistryPrimitives",
         "RegistryCore",
         "GRPCConnection",
         .product(name: "GRPCCore", package: "grpc-swift-2"),
@@ -141,6 +154,7 @@ let package = Package(
     .executableTarget(
       name: "registry-demo",
       dependencies: [
+        "RegistryPrimitives",
         "RegistryCore",
         "EtcdHarness",
         "GRPCConnection",
@@ -178,6 +192,7 @@ let package = Package(
     .executableTarget(
       name: "user-client",
       dependencies: [
+        "RegistryPrimitives",
         "RegistryCore",
         "GRPCConnection",
         "EtcdRegistry",
@@ -194,6 +209,7 @@ let package = Package(
     .executableTarget(
       name: "registry-bench",
       dependencies: [
+        "RegistryPrimitives",
         "RegistryCore",
         "Etcd",
         "EtcdRegistry",
@@ -247,6 +263,7 @@ let package = Package(
     .testTarget(
       name: "EtcdTests",
       dependencies: [
+        "RegistryPrimitives",
         "Etcd",
         .product(name: "SwiftProtobuf", package: "swift-protobuf"),
       ],
@@ -255,6 +272,7 @@ let package = Package(
     .testTarget(
       name: "GRPCConnectionTests",
       dependencies: [
+        "RegistryPrimitives",
         "GRPCConnection",
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
@@ -270,6 +288,7 @@ let package = Package(
     .testTarget(
       name: "GRPCRegistryTests",
       dependencies: [
+        "RegistryPrimitives",
         "GRPCRegistry",
         "EtcdHarness",
         "EtcdRegistry",
@@ -293,6 +312,7 @@ let package = Package(
     .testTarget(
       name: "GoInteropTests",
       dependencies: [
+        "RegistryPrimitives",
         "Etcd",
         "EtcdHarness",
         "EtcdRegistry",
@@ -313,6 +333,7 @@ let package = Package(
     .testTarget(
       name: "EtcdIntegrationTests",
       dependencies: [
+        "RegistryPrimitives",
         "EtcdHarness",
         "Etcd",
         "EtcdRegistry",

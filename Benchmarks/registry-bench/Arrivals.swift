@@ -1,3 +1,4 @@
+import RegistryPrimitives
 import Synchronization
 
 /// When things arrived, by name, and a way to wait for them.
@@ -19,7 +20,7 @@ final class Arrivals: Sendable {
     var nextID: UInt64 = 0
   }
 
-  private let state = Mutex(State())
+  private let state = Locked(State())
 
   func record(_ key: String, at instant: ContinuousClock.Instant = .now) {
     let ready = self.state.withLock { state in

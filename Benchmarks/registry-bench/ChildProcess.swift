@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import RegistryPrimitives
 import Synchronization
 
 #if canImport(Glibc)
@@ -24,7 +25,7 @@ final class ChildProcess: Sendable {
   private let exitStatus = Shared<Int32?>(nil)
   private let reaped = Arrivals()
 
-  private static let running = Mutex<[pid_t: String]>([:])
+  private static let running = Locked<[pid_t: String]>([:])
 
   /// Starts `executable` with `arguments`, stdin on /dev/null.
   init(executable: String, arguments: [String], name: String) throws {

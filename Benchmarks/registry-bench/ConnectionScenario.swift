@@ -5,6 +5,7 @@ import GRPCNIOTransportHTTP2
 import GRPCProtobuf
 import GRPCRegistry
 import Logging
+import RegistryPrimitives
 import Synchronization
 import UserService
 
@@ -484,7 +485,7 @@ final class Child: Sendable {
 
 /// A server's name, known once it listens.
 final class NameBox: Sendable {
-  private let state = Mutex("")
+  private let state = Locked("")
   var value: String {
     get { self.state.withLock { $0 } }
     set { self.state.withLock { $0 = newValue } }

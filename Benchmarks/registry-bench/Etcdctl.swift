@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import RegistryPrimitives
 import Synchronization
 
 #if canImport(Glibc)
@@ -88,7 +89,7 @@ enum Etcdctl {
 /// A long-running `etcdctl watch --prefix`, whose printed keys are recorded as they are read.
 final class EtcdctlWatch: Sendable {
   private let pid: pid_t
-  private let done = Mutex(false)
+  private let done = Locked(false)
 
   /// Starts the watch; every printed line that starts with `prefix` (the key lines) is recorded
   /// in `arrivals` at the instant it was read from the pipe.

@@ -6,6 +6,7 @@ import GRPCNIOTransportHTTP2
 import GRPCRegistry
 import Logging
 import RegistryCore
+import RegistryPrimitives
 import Synchronization
 import UserService
 
@@ -1184,9 +1185,9 @@ enum MemoryChild {
 
 /// A value shared between tasks, behind a lock.
 final class Shared<Value: Sendable>: Sendable {
-  private let mutex: Mutex<Value>
+  private let mutex: Locked<Value>
 
-  init(_ value: Value) { self.mutex = Mutex(value) }
+  init(_ value: Value) { self.mutex = Locked(value) }
 
   func withLock<Result: Sendable>(_ body: (inout Value) -> Result) -> Result {
     self.mutex.withLock { value in body(&value) }

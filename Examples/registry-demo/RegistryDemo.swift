@@ -7,6 +7,7 @@ import GRPCCore
 import GRPCRegistry
 import Logging
 import RegistryCore
+import RegistryPrimitives
 import Synchronization
 import UserService
 
@@ -139,7 +140,7 @@ enum Backend: Sendable {
 final class LeasedRegistry: ServiceRegistry {
   let base: InMemoryRegistry
   let ttl: Duration
-  private let registered = Mutex<[String: ServiceInstance]>([:])
+  private let registered = Locked<[String: ServiceInstance]>([:])
   private let severed = Atomic<Bool>(false)
 
   /// Cuts this handle off as if its process had died: no more keep-alives, and deregistration
@@ -249,7 +250,7 @@ final class DemoServer: Sendable {
 
 /// Where calls went.
 final class Tally: Sendable {
-  private let state = Mutex<(servers: [String: Int], ok: Int, failed: Int)>(([:], 0, 0))
+  private let state = Locked<(servers: [String: Int], ok: Int, failed: Int)>(([:], 0, 0))
 
   func success(_ server: String) {
     self.state.withLock {

@@ -6,6 +6,7 @@ import GRPCCore
 import GRPCRegistry
 import Logging
 import RegistryCore
+import RegistryPrimitives
 import Synchronization
 import UserService
 
@@ -191,6 +192,6 @@ final class Counter: Sendable {
 
 /// The summary, updated by the callers.
 final class SummaryBox: Sendable {
-  let state: Mutex<Summary>
-  init(_ summary: Summary) { self.state = Mutex(summary) }
+  let state: Locked<Summary>
+  init(_ summary: Summary) { self.state = Locked(summary) }
 }

@@ -1,11 +1,12 @@
 import GRPCCore
+import RegistryPrimitives
 import Synchronization
 
 /// The auth token of a client: fetched once, shared by every request, renewed when etcd says it
 /// expired. Concurrent requests wait for the same authentication.
 final class AuthTokens: Sendable {
   private let credentials: EtcdClient.Credentials?
-  private let state = Mutex<State>(State())
+  private let state = Locked<State>(State())
 
   private struct State {
     var token: String?

@@ -2,6 +2,7 @@ public import CoreMetrics
 import GRPCConnection
 import GRPCCore
 public import Logging
+import RegistryPrimitives
 public import ServiceLifecycle
 import Synchronization
 
@@ -352,7 +353,9 @@ final class Endpoint: Sendable {
 
 /// A one-shot signal that many tasks can wait for, fired from synchronous code.
 package final class ShutdownSignal: Sendable {
-  private let state = Mutex<(fired: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+  private let state = Locked<(fired: Bool, waiters: [CheckedContinuation<Void, Never>])>(
+    (false, [])
+  )
 
   package init() {}
 

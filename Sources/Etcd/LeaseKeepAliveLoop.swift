@@ -1,6 +1,7 @@
 import CoreMetrics
 import GRPCCore
 import Logging
+import RegistryPrimitives
 import Synchronization
 
 /// Renews every lease of a client over one `LeaseKeepAlive` stream, reconnecting (with failover
@@ -25,7 +26,7 @@ final class LeaseKeepAliveLoop: Sendable {
     var wake: CheckedContinuation<Void, Never>?
   }
 
-  private let state = Mutex(State())
+  private let state = Locked(State())
   private let logger: Logger
   private let latency: CoreMetrics.Timer
   private let shutdownSignal = ShutdownSignal()

@@ -1,5 +1,6 @@
 import GRPCCore
 import Logging
+import RegistryPrimitives
 import Synchronization
 
 /// Multiplexes every watch of a client on one `Watch` stream and keeps them going across stream
@@ -44,7 +45,7 @@ final class WatchMultiplexer: Sendable {
     }
   }
 
-  private let state = Mutex(State())
+  private let state = Locked(State())
   private let logger: Logger
   private let shutdownSignal = ShutdownSignal()
   private let stoppedSignal = ShutdownSignal()

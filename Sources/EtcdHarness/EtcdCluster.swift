@@ -1,4 +1,5 @@
 import Foundation
+import RegistryPrimitives
 import Synchronization
 
 /// Real etcd processes for tests and benchmarks: one node or a cluster on loopback.
@@ -70,10 +71,10 @@ public final class EtcdCluster: Sendable {
   public let root: String
   /// The certificates, when started with TLS.
   public let certificates: TestCertificates?
-  private let rootCredentials = Mutex<String?>(nil)
+  private let rootCredentials = Locked<String?>(nil)
   private let network: PeerNetwork
-  private let proxies = Mutex<[EtcdProxy]>([])
-  private let proxyCount = Mutex(0)
+  private let proxies = Locked<[EtcdProxy]>([])
+  private let proxyCount = Locked(0)
 
   /// `host:port` of every member.
   public var endpoints: [String] { self.members.map(\.endpoint) }
@@ -351,7 +352,7 @@ public func withEtcdCluster<T>(
 /// get a `--data-dir` there) and removes the directory. The peer relays live in the test
 /// process and die with it.
 enum Watchdog {
-  private static let base: Mutex<String?> = Mutex(nil)
+  private static let base: Locked<String?> = Locked(nil)
 
   static func makeRoot() throws -> String {
     let base = try self.base.withLock { base throws -> String in

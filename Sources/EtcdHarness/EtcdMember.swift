@@ -1,4 +1,5 @@
 import Foundation
+import RegistryPrimitives
 import Synchronization
 
 /// One etcd process started by the harness, on loopback ports of its own.
@@ -29,7 +30,7 @@ public final class EtcdMember: Sendable {
   let arguments: @Sendable (_ isolated: Bool) -> [String]
   private let process: ManagedProcess
   private let network: PeerNetwork
-  private let clientsIsolated = Mutex(false)
+  private let clientsIsolated = Locked(false)
 
   init(
     name: String,

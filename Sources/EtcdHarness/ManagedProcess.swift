@@ -1,4 +1,5 @@
 import Foundation
+import RegistryPrimitives
 import Synchronization
 
 /// A long-running child process (an etcd member, a grpc-proxy) whose output is appended to a log
@@ -6,7 +7,7 @@ import Synchronization
 final class ManagedProcess: Sendable {
   /// The file the process's output goes to.
   let logFile: String
-  private let process = Mutex<Process?>(nil)
+  private let process = Locked<Process?>(nil)
 
   init(logFile: String) {
     self.logFile = logFile

@@ -1,5 +1,6 @@
 import NIOCore
 import NIOPosix
+import RegistryPrimitives
 import Synchronization
 
 /// The peer relays of one cluster, through which all raft traffic between its members flows, so
@@ -28,9 +29,9 @@ final class PeerNetwork: Sendable {
     return pool
   }()
 
-  private let table = Mutex(PeerLinkTable<any Channel>())
-  private let processes = Mutex<[String: Int32]>([:])
-  private let listeners = Mutex<[any Channel]>([])
+  private let table = Locked(PeerLinkTable<any Channel>())
+  private let processes = Locked<[String: Int32]>([:])
+  private let listeners = Locked<[any Channel]>([])
 
   init() {}
 

@@ -1,4 +1,5 @@
 import Foundation
+import RegistryPrimitives
 import Synchronization
 
 /// Runs short helper commands (etcdctl, openssl) without blocking the concurrency pool.
@@ -79,7 +80,7 @@ enum Command {
 
 /// Hands out free loopback TCP ports, never the same one twice in a process.
 enum FreePorts {
-  private static let handedOut = Mutex(Set<Int>())
+  private static let handedOut = Locked(Set<Int>())
 
   static func next() throws -> Int {
     for _ in 0 ..< 100 {

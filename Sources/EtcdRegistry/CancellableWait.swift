@@ -1,3 +1,4 @@
+import RegistryPrimitives
 import Synchronization
 
 /// The value of a task shared by several waiters, awaited so that a cancelled waiter stops
@@ -32,7 +33,7 @@ private final class WaitBox<T: Sendable>: Sendable {
     case done
   }
 
-  private let state = Mutex(State.initial)
+  private let state = Locked(State.initial)
 
   /// Stores the continuation; `false` when the waiter was cancelled before it got here.
   func install(_ continuation: CheckedContinuation<T, any Error>) -> Bool {

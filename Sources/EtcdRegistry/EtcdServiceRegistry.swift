@@ -2,6 +2,7 @@ public import CoreMetrics
 public import Etcd
 public import Logging
 public import RegistryCore
+import RegistryPrimitives
 public import ServiceLifecycle
 import Synchronization
 
@@ -65,7 +66,7 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
   let keyspace: RegistryKeyspace
   let logger: Logger
   let metrics: RegistryMetrics
-  let state = Mutex(State())
+  let state = Locked(State())
   let shutdownRequested = ShutdownSignal()
   let shutdownDone = ShutdownSignal()
   let feedLaunches: AsyncStream<ServiceFeed>.Continuation
@@ -254,7 +255,7 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
   func list(_ service: String) async throws -> RegistrySnapshot {
     let prefix = Array(self.keyspace.servicePrefix(service).utf8)
     // Each value is decoded in place as the response is read: no copy of keys and values.
-    let instances = Mutex<[ServiceInstance]>([])
+    let instances = Locked<[ServiceInstance]>([])
     let header = try await self.client.visitAll(
       .prefix(self.keyspace.servicePrefix(service)),
       pageSize: self.configuration.listPageSize,

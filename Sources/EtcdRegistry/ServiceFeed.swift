@@ -1,6 +1,7 @@
 import Etcd
 import Logging
 import RegistryCore
+import RegistryPrimitives
 import Synchronization
 
 /// One etcd watch of one service, shared by every local watcher of it.
@@ -12,7 +13,7 @@ final class ServiceFeed: Sendable {
   let service: String
   let prefix: String
   let metrics: WatchMetrics
-  private let state = Mutex(State())
+  private let state = Locked(State())
   private let stopSignal = ShutdownSignal()
   /// Events are queued under `state`'s lock and yielded after it: a subscriber's
   /// `onTermination` takes that lock (see `EventDelivery` for the deadlock this avoids).

@@ -2,6 +2,7 @@ internal import GRPCCore
 internal import NIOCore
 internal import NIOHPACK
 internal import NIOHTTP2
+import RegistryPrimitives
 internal import Synchronization
 
 /// One RPC's state, shared by the calling task (writes, reads) and the connection's event loop
@@ -51,7 +52,7 @@ final class ClientStream: Sendable {
 
   /// The connection the stream runs on; it changes only before the stream opens (``moved(to:)``).
   var connection: ActiveConnection { self.home.withLock { $0.connection } }
-  private let home: Mutex<Home>
+  private let home: Locked<Home>
 
   private struct Home {
     var connection: ActiveConnection
@@ -63,7 +64,7 @@ final class ClientStream: Sendable {
   let timeout: Duration?
   let maxRequestBytes: Int
   let maxResponseBytes: Int
-  private let state: Mutex<State>
+  private let state: Locked<State>
 
   /// Writers wait while more than this many request bytes are queued or unsent.
   private static let highWatermark = 1 << 20
@@ -77,13 +78,13 @@ final class ClientStream: Sendable {
     maxRequestBytes: Int,
     maxResponseBytes: Int
   ) {
-    self.home = Mutex(Home(connection: connection))
+    self.home = Locked(Home(connection: connection))
     self.path = path
     self.authority = authority
     self.timeout = timeout
     self.maxRequestBytes = maxRequestBytes
     self.maxResponseBytes = maxResponseBytes
-    self.state = Mutex(State())
+    self.state = Locked(State())
   }
 
   // MARK: - Calling task

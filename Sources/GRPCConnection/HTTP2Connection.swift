@@ -4,6 +4,7 @@ internal import NIOCore
 internal import NIOHTTP2
 internal import NIOPosix
 internal import NIOSSL
+import RegistryPrimitives
 internal import Synchronization
 
 /// A gRPC client connection to one endpoint over HTTP/2, usable as a grpc-swift-2
@@ -39,7 +40,7 @@ public final class HTTP2Connection: ClientTransport, Sendable {
   private let group: MultiThreadedEventLoopGroup
   private let authority: String
   private let methodConfigs: [MethodConfig.Name: MethodConfig]
-  private let state: Mutex<StateMachine>
+  private let state: Locked<StateMachine>
 
   /// Creates a connection; nothing happens until ``connect()`` runs.
   ///
@@ -68,7 +69,7 @@ public final class HTTP2Connection: ClientTransport, Sendable {
     }
     self.methodConfigs = methodConfigs
     self.retryThrottle = config.serviceConfig.retryThrottling.map { RetryThrottle(policy: $0) }
-    self.state = Mutex(StateMachine())
+    self.state = Locked(StateMachine())
   }
 
   // MARK: - Connectivity
@@ -673,7 +674,7 @@ extension HTTP2Connection {
     var timer: Scheduled<Void>?
   }
 
-  /// The connection's lifecycle, guarded by a `Mutex`; returns side effects to run unlocked.
+  /// The connection's lifecycle, guarded by a `Locked`; returns side effects to run unlocked.
   struct StateMachine {
     struct Entry {
       var connection: ActiveConnection

@@ -2,7 +2,7 @@ import GRPCCore
 import RegistryCore
 
 /// The routing state of a ``RegistryClientTransport``: the instances, their connection and
-/// health states, outstanding calls and ejections, and the picker. Kept in a `Mutex` by the
+/// health states, outstanding calls and ejections, and the picker. Kept in a `Locked` by the
 /// transport; every method is synchronous and returns the side effects to run after unlocking.
 struct Balancer {
   enum Health: Hashable, Sendable {

@@ -1,4 +1,5 @@
 import GRPCCore
+import RegistryPrimitives
 import Synchronization
 
 /// The server side of `grpc.health.v1.Health`: one status for the server as a whole (service
@@ -15,7 +16,7 @@ final class HealthService: Grpc_Health_V1_Health.ServiceProtocol, Sendable {
     var ended = false
   }
 
-  private let state = Mutex(State())
+  private let state = Locked(State())
 
   /// Sets the status of `service` (`""` for the whole server) and tells its watchers.
   func setStatus(_ status: Status, for service: String = "") {

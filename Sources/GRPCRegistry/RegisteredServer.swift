@@ -3,6 +3,7 @@ public import GRPCCore
 import GRPCNIOTransportHTTP2
 public import Logging
 public import RegistryCore
+import RegistryPrimitives
 public import ServiceLifecycle
 import Synchronization
 
@@ -36,7 +37,7 @@ public final class RegisteredServer: Service, Sendable {
   private let makeServices: @Sendable (RegisteredServer) -> [any RegistrableRPCService]
   private let registry: any ServiceRegistry
   private let logger: Logger
-  private let state = Mutex(State())
+  private let state = Locked(State())
   private let shutdownRequested = Signal()
 
   private struct State {

@@ -2,6 +2,7 @@ import GRPCConnection
 public import GRPCCore
 public import Logging
 public import RegistryCore
+import RegistryPrimitives
 import Synchronization
 
 /// A grpc-swift-2 `ClientTransport` that balances calls over the live instances of a service in
@@ -67,7 +68,7 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
   private let registry: any ServiceRegistry
   private let logger: Logger
   private let metrics: TransportMetrics
-  private let state: Mutex<Balancer>
+  private let state: Locked<Balancer>
   private let started = Atomic<Bool>(false)
   private let stopWatching = Signal()
   private let actions: AsyncStream<Subchannel>
@@ -93,7 +94,7 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
     self.config = config
     self.logger = logger
     self.metrics = TransportMetrics(service: target.service, factory: config.metricsFactory)
-    self.state = Mutex(
+    self.state = Locked(
       Balancer(
         service: target.service,
         policy: config.loadBalancing,

@@ -1,3 +1,4 @@
+import RegistryPrimitives
 import Synchronization
 
 /// A one-shot signal: ``wait()`` suspends until ``fire()`` has been called (before or after).
@@ -9,7 +10,7 @@ final class Signal: Sendable {
     var nextID: UInt64 = 0
   }
 
-  private let state = Mutex(State())
+  private let state = Locked(State())
 
   var isFired: Bool { self.state.withLock { $0.fired } }
 

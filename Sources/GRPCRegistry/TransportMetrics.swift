@@ -1,4 +1,5 @@
 import CoreMetrics
+import RegistryPrimitives
 import Synchronization
 
 /// The metrics of a ``RegistryClientTransport``, built from ``RegistryClientTransport/Config/metricsFactory``.
@@ -18,7 +19,7 @@ final class TransportMetrics: Sendable {
   let service: String
   let factory: any MetricsFactory
   let failovers: Counter
-  private let instances = Mutex<[String: InstanceCounters]>([:])
+  private let instances = Locked<[String: InstanceCounters]>([:])
 
   /// The counters of one instance address and how many subchannels use them.
   private struct InstanceCounters {

@@ -1,3 +1,4 @@
+import RegistryPrimitives
 import Synchronization
 
 /// Delivers events to stream continuations in the order they were queued, without holding the
@@ -27,7 +28,7 @@ package final class EventDelivery<Element: Sendable>: Sendable {
     var draining = false
   }
 
-  private let state = Mutex(State())
+  private let state = Locked(State())
 
   package init() {}
 

@@ -1,4 +1,5 @@
 public import Logging
+import RegistryPrimitives
 import Synchronization
 
 /// The embedded registry: a ``ServiceRegistry`` held in this process's memory.
@@ -162,10 +163,10 @@ extension InMemoryRegistry {
 
   private final class Store: Sendable {
     private let delivery = EventDelivery<RegistryEvent>()
-    private let state: Mutex<State>
+    private let state: Locked<State>
 
     init() {
-      self.state = Mutex(State(delivery: self.delivery))
+      self.state = Locked(State(delivery: self.delivery))
     }
 
     /// Runs `body` under the lock, then yields the events it queued.

@@ -1,4 +1,5 @@
 public import Logging
+import RegistryPrimitives
 import Synchronization
 
 /// Records what a logger logs, so a test can assert on the messages and metadata a library
@@ -14,7 +15,7 @@ public final class LogCapture: Sendable {
     public var description: String { "[\(self.level)] \(self.message) \(self.metadata)" }
   }
 
-  private let recorded = Mutex<[Entry]>([])
+  private let recorded = Locked<[Entry]>([])
 
   public init() {}
 

@@ -1,4 +1,5 @@
 public import RegistryCore
+import RegistryPrimitives
 import Synchronization
 
 /// Thrown by ``waitUntil(_:within:pollEvery:_:)`` when a condition did not hold in time.
@@ -37,7 +38,7 @@ public func waitUntil(
 /// wait for events with a deadline.
 public final class WatchRecorder: Sendable {
   private final class Box: Sendable {
-    let state = Mutex(State())
+    let state = Locked(State())
   }
 
   private let box: Box

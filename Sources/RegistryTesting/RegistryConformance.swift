@@ -1,4 +1,5 @@
 public import RegistryCore
+import RegistryPrimitives
 import Synchronization
 public import Testing
 
@@ -278,7 +279,7 @@ public enum RegistryConformance {
     registries,
     service in
     let registry = registries[0]
-    let started = Mutex(false)
+    let started = Locked(false)
     let task = Task {
       var count = 0
       for try await _ in registry.watch(service) {
@@ -289,7 +290,7 @@ public enum RegistryConformance {
     }
     try await waitUntil("the watch has started") { started.withLock { $0 } }
     task.cancel()
-    let ended = Mutex(false)
+    let ended = Locked(false)
     let waiter = Task {
       _ = try? await task.value
       ended.withLock { $0 = true }

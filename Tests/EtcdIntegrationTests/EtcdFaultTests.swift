@@ -1,6 +1,7 @@
 import Etcd
 import EtcdHarness
 import Foundation
+import RegistryPrimitives
 import RegistryTesting
 import Synchronization
 import Testing
@@ -43,7 +44,7 @@ struct EtcdFaultTests {
       let p = uniquePrefix()
       let lease = try await etcd.grantLease(ttl: 5)
       try await etcd.put(p + "leased", value: "x", lease: lease.id)
-      let lost = Mutex(false)
+      let lost = Locked(false)
       let keeper = Task {
         for await event in etcd.keepAlive(lease) where event == .lost {
           lost.withLock { $0 = true }

@@ -1,6 +1,7 @@
 import Etcd
 import EtcdHarness
 import Foundation
+import RegistryPrimitives
 import RegistryTesting
 import Synchronization
 import Testing
@@ -25,7 +26,7 @@ final class BatchRecorder: Sendable {
   private let box: Box
 
   final class Box: Sendable {
-    let state = Mutex<(batches: [EtcdWatchBatch], error: (any Error)?, ended: Bool)>(
+    let state = Locked<(batches: [EtcdWatchBatch], error: (any Error)?, ended: Bool)>(
       ([], nil, false)
     )
     func append(_ batch: EtcdWatchBatch) { self.state.withLock { $0.batches.append(batch) } }
@@ -84,7 +85,7 @@ struct EtcdLeaseWatchTests {
       let p = uniquePrefix()
       let kept = try await etcd.grantLease(ttl: 2)
       // Renewals start at once, before anything else can delay them on a loaded machine.
-      let renewals = Mutex<[ContinuousClock.Instant]>([])
+      let renewals = Locked<[ContinuousClock.Instant]>([])
       let keeper = Task {
         for await event in etcd.keepAlive(kept) {
           if case .renewed = event { renewals.withLock { $0.append(.now) } }
@@ -127,8 +128,8 @@ struct EtcdLeaseWatchTests {
   func keepAliveLost() async throws {
     try await withEtcdClient { etcd, _ in
       let lease = try await etcd.grantLease(ttl: 3)
-      let events = Mutex<[EtcdLeaseKeepAliveEvent]>([])
-      let ended = Mutex(false)
+      let events = Locked<[EtcdLeaseKeepAliveEvent]>([])
+      let ended = Locked(false)
       let keeper = Task {
         for await event in etcd.keepAlive(lease) { events.withLock { $0.append(event) } }
         ended.withLock { $0 = true }

@@ -3,6 +3,7 @@ import EtcdHarness
 import EtcdRegistry
 import Foundation
 import RegistryCore
+import RegistryPrimitives
 import RegistryTesting
 import Synchronization
 import Testing
@@ -89,7 +90,7 @@ struct EtcdRegistryFaultTests {
         )
       }
       let watcher = try RunningRegistry(cluster, prefix: "/stampede")
-      let arrivals = Mutex<[String: ContinuousClock.Instant]>([:])
+      let arrivals = Locked<[String: ContinuousClock.Instant]>([:])
       let recorder = WatchRecorder(watcher.registry.watch("svc"))
       defer { recorder.cancel() }
       try await waitUntil("all are registered", within: .seconds(30)) {
@@ -165,6 +166,6 @@ func retrying(_ body: () async throws -> Void) async throws {
 
 /// Mutable state shared with child tasks.
 final class Shared<Value: Sendable>: Sendable {
-  let value: Mutex<Value>
-  init(_ value: Value) { self.value = Mutex(value) }
+  let value: Locked<Value>
+  init(_ value: Value) { self.value = Locked(value) }
 }

@@ -5,12 +5,13 @@ import Foundation
 import Logging
 import Metrics
 import RegistryCore
+import RegistryPrimitives
 import Synchronization
 
 /// One etcd shared by the tests that do not stop or restart it; the harness's watchdog removes
 /// it when the test process exits.
 enum SharedEtcd {
-  private static let cluster = Mutex<Task<EtcdCluster, any Error>?>(nil)
+  private static let cluster = Locked<Task<EtcdCluster, any Error>?>(nil)
 
   static func get() async throws -> EtcdCluster {
     let task = self.cluster.withLock { cluster in

@@ -3,6 +3,7 @@ import EtcdHarness
 import EtcdRegistry
 import Foundation
 import RegistryCore
+import RegistryPrimitives
 import RegistryTesting
 import Synchronization
 import Testing
@@ -17,7 +18,7 @@ struct EtcdRegistryTests {
   func conformance(_ check: RegistryConformance.Check) async throws {
     let cluster = try await SharedEtcd.get()
     let prefix = uniquePrefix("conformance")
-    let running = Mutex<[RunningRegistry]>([])
+    let running = Locked<[RunningRegistry]>([])
     try await check.run { count in
       let registries = try (0 ..< count).map { _ in try RunningRegistry(cluster, prefix: prefix) }
       running.withLock { $0 = registries }

@@ -1,6 +1,7 @@
 import Etcd
 import EtcdHarness
 import Foundation
+import RegistryPrimitives
 import RegistryTesting
 import Synchronization
 import Testing
@@ -137,7 +138,7 @@ struct EtcdSecurityTests {
           return !watch.events.isEmpty
         }
         let lease = try await etcd.grantLease(ttl: 2)
-        let renewals = Mutex(0)
+        let renewals = Locked(0)
         let keeper = Task {
           for await event in etcd.keepAlive(lease) {
             if case .renewed = event { renewals.withLock { $0 += 1 } }

@@ -5,6 +5,7 @@ import Foundation
 import GRPCCore
 import GRPCRegistry
 import RegistryCore
+import RegistryPrimitives
 import RegistryTesting
 import Synchronization
 import Testing
@@ -37,7 +38,7 @@ enum MemberFault: String, CaseIterable, CustomTestStringConvertible, Sendable {
 
 /// Calls that run until stopped, counting successes and failures.
 private final class CallCounter: Sendable {
-  private let counts = Mutex<(ok: Int, failed: Int, stopped: Bool)>((0, 0, false))
+  private let counts = Locked<(ok: Int, failed: Int, stopped: Bool)>((0, 0, false))
   var ok: Int { self.counts.withLock { $0.ok } }
   var failed: Int { self.counts.withLock { $0.failed } }
   var isStopped: Bool { self.counts.withLock { $0.stopped } }

@@ -4,6 +4,7 @@ import Foundation
 import GRPCCore
 import GRPCRegistry
 import RegistryCore
+import RegistryPrimitives
 import RegistryTesting
 import ServiceLifecycle
 import Synchronization
@@ -184,7 +185,7 @@ private func waitUntilNotPreferred(
 
 /// Callers that run until cancelled, counting successes per server and failures.
 private final class CallerStats: Sendable {
-  private let state = Mutex<(ok: [String: Int], failed: Int)>(([:], 0))
+  private let state = Locked<(ok: [String: Int], failed: Int)>(([:], 0))
   func succeeded(_ name: String) { self.state.withLock { $0.ok[name, default: 0] += 1 } }
   func failed() { self.state.withLock { $0.failed += 1 } }
   var ok: [String: Int] { self.state.withLock { $0.ok } }
@@ -193,7 +194,7 @@ private final class CallerStats: Sendable {
 
 /// Tells loops in other tasks to end.
 private final class StopFlag: Sendable {
-  private let stopped = Mutex(false)
+  private let stopped = Locked(false)
   var isStopped: Bool { self.stopped.withLock { $0 } }
   func stop() { self.stopped.withLock { $0 = true } }
 }

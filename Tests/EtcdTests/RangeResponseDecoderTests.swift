@@ -1,4 +1,5 @@
 import Foundation
+import RegistryPrimitives
 import SwiftProtobuf
 import Synchronization
 import Testing
@@ -115,8 +116,8 @@ struct PagedReadTests {
     "a compaction between pages starts over, after `restart`; later pages read the first's revision"
   )
   func compactionRestarts() async throws {
-    let calls = Mutex<[(key: String, revision: Int64, limit: Int64)]>([])
-    let restarts = Mutex(0)
+    let calls = Locked<[(key: String, revision: Int64, limit: Int64)]>([])
+    let restarts = Locked(0)
     let result = try await EtcdClient.readPages(
       .prefix("k/"),
       pageSize: 2,
@@ -149,7 +150,7 @@ struct PagedReadTests {
     "a page over the response cap is read again with half the keys, and later pages keep the limit"
   )
   func halving() async throws {
-    let limits = Mutex<[Int64]>([])
+    let limits = Locked<[Int64]>([])
     let result = try await EtcdClient.readPages(.prefix("k/"), pageSize: 8) {
       range,
       options in

@@ -5,6 +5,7 @@ import NIOCore
 import NIOHPACK
 import NIOHTTP2
 import NIOPosix
+import RegistryPrimitives
 import Synchronization
 import Testing
 
@@ -84,8 +85,8 @@ final class PingingEchoHandler: ChannelInboundHandler {
 }
 
 final class PingCounter: Sendable {
-  private let count = Mutex(0)
-  private let connections = Mutex(0)
+  private let count = Locked(0)
+  private let connections = Locked(0)
   var value: Int { self.count.withLock { $0 } }
   var accepted: Int { self.connections.withLock { $0 } }
   func increment() { self.count.withLock { $0 += 1 } }

@@ -1,5 +1,6 @@
 import GRPCConnection
 import GRPCCore
+import RegistryPrimitives
 import Synchronization
 import Testing
 
@@ -27,7 +28,7 @@ struct HTTP2ConnectionLifecycleTests {
       )
       #expect(connection.connectivityState == .idle)
 
-      let seen = Mutex<[ConnectivityState]>([])
+      let seen = Locked<[ConnectivityState]>([])
       let states = connection.connectivityStates()
       group.addTask {
         for await state in states {

@@ -1,5 +1,6 @@
 import GRPCCore
 import GRPCNIOTransportHTTP2
+import RegistryPrimitives
 import Synchronization
 import Testing
 
@@ -286,7 +287,7 @@ struct HTTP2ServerTests {
     let transport = HTTP2Server(host: "127.0.0.1", port: 0, logger: makeLogger())
     let server = GRPCServer(transport: transport, services: [EchoService(probe: ServerProbe())])
     try await withThrowingDiscardingTaskGroup { group in
-      let served = Mutex(false)
+      let served = Locked(false)
       group.addTask {
         try await server.serve()
         served.withLock { $0 = true }
@@ -299,7 +300,7 @@ struct HTTP2ServerTests {
       let client = GRPCClient(transport: connection)
       group.addTask { try await client.runConnections() }
       // 2,000 messages streamed back while the server shuts down.
-      let received = Mutex(0)
+      let received = Locked(0)
       let call = Task {
         try await client.serverStreaming(
           request: ClientRequest(message: bigEndian(2000) + bigEndian(1000)),

@@ -1,6 +1,7 @@
 import Foundation
 import GRPCConnection
 import GRPCCore
+import RegistryPrimitives
 import Synchronization
 import Testing
 
@@ -458,7 +459,7 @@ private final class Neighbour: Sendable {
 
   static let deadline = Duration.seconds(10)
 
-  private let state = Mutex((counts: Counts(), stopped: false))
+  private let state = Locked((counts: Counts(), stopped: false))
 
   var counts: Counts { self.state.withLock { $0.counts } }
 
@@ -508,7 +509,7 @@ private final class Neighbour: Sendable {
 
 /// Samples this process's resident memory every 10 ms and keeps the highest value.
 private final class MemorySampler: Sendable {
-  private let state = Mutex((peak: Memory(bytes: 0), stopped: false))
+  private let state = Locked((peak: Memory(bytes: 0), stopped: false))
 
   var peak: Memory { self.state.withLock { $0.peak } }
 

@@ -3,6 +3,7 @@ import GRPCCore
 import NIOCore
 import NIOHTTP2
 import NIOPosix
+import RegistryPrimitives
 import Synchronization
 import Testing
 
@@ -103,7 +104,7 @@ final class StallingServerHandler: ChannelInboundHandler {
 /// What a ``StallingServerHandler`` does, and what it saw.
 final class StallingServer: Sendable {
   let responseDelay: TimeAmount
-  private let state = Mutex<(freezeNext: Bool, pings: Int, resumes: [@Sendable () -> Void])>(
+  private let state = Locked<(freezeNext: Bool, pings: Int, resumes: [@Sendable () -> Void])>(
     (false, 0, [])
   )
 

@@ -3,6 +3,7 @@ import GRPCCore
 import GRPCNIOTransportHTTP2
 import Logging
 import NIOCore
+import RegistryPrimitives
 import Synchronization
 
 #if canImport(Glibc)
@@ -48,9 +49,9 @@ enum EchoMethod {
 
 /// Counts server-side observations tests wait for.
 final class ServerProbe: Sendable {
-  private let cancellations = Mutex(0)
-  private let starts = Mutex(0)
-  private let channels = Mutex<[any Channel]>([])
+  private let cancellations = Locked(0)
+  private let starts = Locked(0)
+  private let channels = Locked<[any Channel]>([])
 
   var cancelledRPCs: Int { self.cancellations.withLock { $0 } }
   var startedHangingRPCs: Int { self.starts.withLock { $0 } }

@@ -351,7 +351,13 @@ struct RegistryClientTransportTests {
     for server in servers { try await server.stopGracefully() }
   }
 
-  @Test("a stream that cannot start is retried on another instance; the dead one is ejected")
+  // Catches a transport that lets a call fail on an unreachable instance (no retry elsewhere)
+  // or keeps it in the first tier of the picker. The ejection itself, which the stock
+  // connection needs because it reports every instance as connected, is counted in
+  // `TransportMetricsTests.failoverEjectionReadmission`.
+  @Test(
+    "an unreachable instance takes no call: a stream that cannot start is retried elsewhere, and it leaves the first tier"
+  )
   func failoverAndEjection() async throws {
     let registry = InMemoryRegistry()
     let live = try await TestServer.start(registry: registry)
@@ -368,6 +374,11 @@ struct RegistryClientTransportTests {
       for id in 0 ..< 50 {
         #expect(try await getName(users, id: Int64(id)) == live.address)
       }
+      let dead = try #require(
+        transport.instanceStatuses.first { $0.instance.address.hasSuffix(":1") }
+      )
+      #expect(!dead.isPreferred, "\(dead)")
+      #expect(!dead.isConnected || dead.isEjected, "\(dead)")
     }
     try await live.stopGracefully()
   }

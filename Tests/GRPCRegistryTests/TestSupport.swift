@@ -4,6 +4,7 @@ import GRPCNIOTransportHTTP2
 import GRPCRegistry
 import Logging
 import RegistryCore
+import RegistryPrimitives
 import RegistryTesting
 import Synchronization
 import UserService
@@ -93,7 +94,7 @@ final class TestServer: Sendable {
 final class LeasedRegistry: ServiceRegistry {
   let base: InMemoryRegistry
   let ttl: Duration?
-  private let registered = Mutex<[String: ServiceInstance]>([:])
+  private let registered = Locked<[String: ServiceInstance]>([:])
   private let severed = Atomic<Bool>(false)
 
   /// Cuts this handle off as if its process had died: no more keep-alives, and deregistration
@@ -170,7 +171,7 @@ final class FailingWatchRegistry: ServiceRegistry {
     var description: String { "the watch broke (test)" }
   }
   let base: InMemoryRegistry
-  private let count = Mutex(0)
+  private let count = Locked(0)
 
   init(base: InMemoryRegistry) { self.base = base }
 
@@ -219,7 +220,7 @@ final class CallTally: Sendable {
     var failed = 0
     var errors: [String] = []
   }
-  private let state = Mutex(State())
+  private let state = Locked(State())
 
   func success(_ name: String) { self.state.withLock { $0.perServer[name, default: 0] += 1 } }
   func failure(_ error: any Error) {

@@ -1,4 +1,5 @@
 import Foundation
+import RegistryPrimitives
 import RegistryTesting
 import Synchronization
 
@@ -11,7 +12,7 @@ struct GoInteropError: Error, CustomStringConvertible {
 /// Builds `GoInterop/src/grpcinterop/cmd/go-interop` once per test process, from Debian's Go
 /// packages in GOPATH mode, into a temporary directory.
 enum GoInteropBinary {
-  private static let built = Mutex<Task<String, any Error>?>(nil)
+  private static let built = Locked<Task<String, any Error>?>(nil)
 
   /// The repository's root (this file is `Tests/GoInteropTests/GoProcess.swift`).
   static var repositoryRoot: URL {
@@ -213,7 +214,7 @@ func withGoServer<R: Sendable>(_ body: (GoServer) async throws -> R) async throw
 
 /// What a child process printed so far.
 final class OutputBuffer: Sendable {
-  private let state = Mutex("")
+  private let state = Locked("")
   func append(_ text: String) { self.state.withLock { $0 += text } }
   var text: String { self.state.withLock { $0 } }
 }

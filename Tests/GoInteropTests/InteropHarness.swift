@@ -4,6 +4,7 @@ import GRPCNIOTransportHTTP2
 import GRPCRegistry
 import Logging
 import RegistryCore
+import RegistryPrimitives
 import Synchronization
 import Testing
 import UserService
@@ -164,7 +165,7 @@ final class Tally: Sendable {
     var failed = 0
     var errors: [String] = []
   }
-  private let state = Mutex(State())
+  private let state = Locked(State())
 
   func success() { self.state.withLock { $0.succeeded += 1 } }
   func failure(_ error: any Error) {
@@ -218,7 +219,7 @@ final class Counter: Sendable {
 
 /// A server's name, known once it listens.
 final class NameBox: Sendable {
-  private let state = Mutex("")
+  private let state = Locked("")
   var value: String {
     get { self.state.withLock { $0 } }
     set { self.state.withLock { $0 = newValue } }

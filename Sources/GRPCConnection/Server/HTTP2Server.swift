@@ -4,6 +4,7 @@ internal import NIOCore
 internal import NIOHTTP2
 internal import NIOPosix
 internal import NIOSSL
+import RegistryPrimitives
 internal import Synchronization
 
 /// The project's own gRPC server transport: a grpc-swift-2 `ServerTransport` on one
@@ -38,7 +39,7 @@ public final class HTTP2Server: ServerTransport, Sendable {
   private let port: Int
   private let group: any EventLoopGroup
   private let logger: Logger
-  private let state = Mutex(State())
+  private let state = Locked(State())
 
   private struct State {
     enum Phase {

@@ -2,6 +2,7 @@ internal import GRPCCore
 internal import NIOCore
 internal import NIOHPACK
 internal import NIOHTTP2
+import RegistryPrimitives
 internal import Synchronization
 
 /// One call's parts in flight between the connection's event loop and the task running the
@@ -39,7 +40,7 @@ final class ServerStream: Sendable {
   let handler: NIOLoopBound<ServerConnectionHandler>
   let eventLoop: any EventLoop
   let streamWindowSize: Int
-  private let state: Mutex<State>
+  private let state: Locked<State>
 
   /// Writers wait while more than this many response bytes (``ServerStreamStateMachine/ResponsePart/bytes``)
   /// are queued or held by flow control: a client that does not read (a zero window) makes the
@@ -60,7 +61,7 @@ final class ServerStream: Sendable {
     self.streamWindowSize = streamWindowSize
     var state = State()
     state.inbound.append(.metadata(metadata))
-    self.state = Mutex(state)
+    self.state = Locked(state)
   }
 
   // MARK: - Handler task: request
