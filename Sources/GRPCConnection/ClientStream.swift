@@ -236,12 +236,20 @@ final class ClientStream: Sendable {
     }
   }
 
+  /// How many times a stream may move to another connection because the one it was given to
+  /// was going away: enough for servers that rotate connections quickly (a short maximum age) on
+  /// a slow machine, bounded so that a server refusing everything cannot keep a call forever.
+  static let maxMoves = 4
+
   /// The connection could not open the stream (it had closed, or read a GOAWAY, after the stream
   /// was given to it): nothing was sent, so the stream moves to another connection with its
-  /// queued parts, at most twice; after that, or without a way to move, it fails with `error`.
+  /// queued parts, at most ``maxMoves`` times; after that, or without a way to move, it fails
+  /// with `error`.
   func refused(_ parts: [OutboundPart], error: RPCError, resentBytes: Int = 0) {
     let move = self.state.withLock { state -> Bool in
-      guard state.failure == nil, state.streamID == nil, state.moves < 2, !state.moving else {
+      guard state.failure == nil, state.streamID == nil, state.moves < Self.maxMoves,
+        !state.moving
+      else {
         return false
       }
       state.moves += 1
@@ -393,8 +401,8 @@ final class ClientStream: Sendable {
   /// The server refused the stream without processing it (REFUSED_STREAM before any response,
   /// or a GOAWAY whose last stream ID is below it): what was `sent` (the connection keeps up to
   /// 64 KiB of it) goes again, with whatever is still queued, on another connection (at most
-  /// twice, with ``refused(_:error:)``); without it the RPC fails with `error`, which says it is
-  /// safe to retry.
+  /// ``maxMoves`` times, with ``refused(_:error:)``); without it the RPC fails with `error`,
+  /// which says it is safe to retry.
   func retryUnprocessed(sent: [OutboundPart]?, error: RPCError) {
     guard let sent, !sent.isEmpty else {
       self.fail(error)

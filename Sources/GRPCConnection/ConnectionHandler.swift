@@ -120,6 +120,11 @@ final class ConnectionHandler: ChannelInboundHandler {
     }
   }
 
+  private static let unprocessedError = RPCError(
+    code: .unavailable,
+    message: "The server is going away (GOAWAY) and did not process the RPC; it is safe to retry."
+  )
+
   func channelInactive(context: ChannelHandlerContext) {
     self.closed = true
     self.draining = true
@@ -135,9 +140,18 @@ final class ConnectionHandler: ChannelInboundHandler {
     )
     let records = self.streams
     self.streams.removeAll()
-    for (_, record) in records {
+    for (id, record) in records {
       record.deadline?.cancel()
-      record.stream.fail(error)
+      // Past the server's GOAWAY and unanswered: the server never processed it, even if the
+      // connection closed before the stream's own close event (the same rule as
+      // `streamClosed`), so it is sent again on another connection.
+      if let lastStreamID = self.goAwayLastStreamID, id > lastStreamID,
+        case .awaitingHeaders = record.phase
+      {
+        record.stream.retryUnprocessed(sent: record.sent, error: Self.unprocessedError)
+      } else {
+        record.stream.fail(error)
+      }
     }
 
     if let readyPromise = self.readyPromise {
@@ -652,14 +666,7 @@ final class ConnectionHandler: ChannelInboundHandler {
       return
     }
     if let lastStreamID = self.goAwayLastStreamID, id > lastStreamID {
-      record.stream.retryUnprocessed(
-        sent: record.sent,
-        error: RPCError(
-          code: .unavailable,
-          message:
-            "The server is going away (GOAWAY) and did not process the RPC; it is safe to retry."
-        )
-      )
+      record.stream.retryUnprocessed(sent: record.sent, error: Self.unprocessedError)
     } else if let reason {
       record.stream.fail(GRPCWire.error(forReset: reason))
     } else {

@@ -100,11 +100,15 @@ struct DrainRaceTests {
         frames(socket.peek()).contains { $0.type == 7 }
       }
       // A call on stream 1 (POST, http, path "/"; HPACK static indices), as if the client had
-      // not read the GOAWAY yet.
-      #expect(socket.send([0, 0, 3, 1, 0x05, 0, 0, 0, 1, 0x83, 0x86, 0x84]))
+      // not read the GOAWAY yet. (On a slow machine the server may have closed the connection
+      // by now, and the send fails; what the client can read is what this test is about.)
+      _ = socket.send([0, 0, 3, 1, 0x05, 0, 0, 0, 1, 0x83, 0x86, 0x84])
+      // A reset after the GOAWAY is fine (the server has closed); one that lost it is not.
       let (bytes, error) = socket.readAll(timeout: .seconds(3))
-      #expect(error == nil, "the connection was reset (errno \(error ?? 0)) before it was read")
-      let goAway = try #require(frames(bytes).first { $0.type == 7 }, "no GOAWAY was read")
+      let goAway = try #require(
+        frames(bytes).first { $0.type == 7 },
+        "no GOAWAY was read (errno \(error ?? 0))"
+      )
       let payload = Array(goAway.payload)
       try #require(payload.count >= 8)
       let lastStreamID =
