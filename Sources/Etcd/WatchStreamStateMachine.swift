@@ -206,20 +206,18 @@ struct WatchStreamStateMachine {
     self.creating = nil
     var actions: [Action] = []
     if var watcher = self.watchers[id] {
-      let error = Self.cancelError(response, watcher)
-      if response.canceled || response.watchID < 0, Self.isAuthRefusal(response),
-        !watcher.deniedOnce
-      {
-        // Possibly the stream's token, not the user's permission: try once more on a stream
-        // with a fresh token. Nothing more goes out on this stream.
-        watcher.deniedOnce = true
-        watcher.phase = .queued
-        self.watchers[id] = watcher
-        return [.renewTokenAndReopen]
-      } else if response.canceled || response.watchID < 0 {
+      if response.canceled || response.watchID < 0 {
+        if Self.isAuthRefusal(response), !watcher.deniedOnce {
+          // Possibly the stream's token, not the user's permission: try once more on a stream
+          // with a fresh token. Nothing more goes out on this stream.
+          watcher.deniedOnce = true
+          watcher.phase = .queued
+          self.watchers[id] = watcher
+          return [.renewTokenAndReopen]
+        }
         // Refused at creation: a bad range, no permission, or a compacted start revision.
         self.watchers[id] = nil
-        actions.append(.fail(id, error))
+        actions.append(.fail(id, Self.cancelError(response, watcher)))
       } else {
         watcher.deniedOnce = false
         watcher.phase = .active(serverID: response.watchID)
