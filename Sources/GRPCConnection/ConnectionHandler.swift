@@ -52,7 +52,7 @@ final class ConnectionHandler: ChannelInboundHandler {
   private let settings: Settings
   private let logger: Logger
   private let onEvent: @Sendable (ConnectionEvent) -> Void
-  private var readyPromise: EventLoopPromise<Void>?
+  private var readyPromise: EventLoopPromise<NIOLoopBound<ConnectionHandler>>?
 
   private var context: ChannelHandlerContext?
   private var streams: [HTTP2StreamID: StreamRecord] = [:]
@@ -79,7 +79,7 @@ final class ConnectionHandler: ChannelInboundHandler {
 
   init(
     settings: Settings,
-    readyPromise: EventLoopPromise<Void>,
+    readyPromise: EventLoopPromise<NIOLoopBound<ConnectionHandler>>,
     logger: Logger,
     onEvent: @escaping @Sendable (ConnectionEvent) -> Void
   ) {
@@ -251,7 +251,7 @@ final class ConnectionHandler: ChannelInboundHandler {
         self.scheduleKeepalive(context: context)
         if let readyPromise = self.readyPromise {
           self.readyPromise = nil
-          readyPromise.succeed()
+          readyPromise.succeed(NIOLoopBound(self, eventLoop: context.eventLoop))
         }
       }
     case .ping(let data, ack: true):

@@ -332,6 +332,8 @@ public final class HTTP2Connection: ClientTransport, Sendable {
   private func run(sslContext: NIOSSLContext?) async {
     var backoff = BackoffIterator(self.config.backoff)
     var attempt = 0
+    // Connections in a row that the server ended before any RPC could use them.
+    var endedBeforeUse = 0
 
     loop: while true {
       switch self.state.withLock({ $0.nextStep() }) {
@@ -344,13 +346,33 @@ public final class HTTP2Connection: ClientTransport, Sendable {
         self.publish(update)
       }
       attempt += 1
+      let id = self.state.withLock { $0.startAttempt() }
 
       do {
-        let connection = try await self.establish(sslContext: sslContext)
-        let (accepted, waiters, update) = self.state.withLock { $0.ready(connection) }
-        guard accepted else {
+        let connection = try await self.establish(id: id, sslContext: sslContext)
+        let waiters: [Waiter]
+        let update: StateMachine.Update?
+        switch self.state.withLock({ $0.ready(connection) }) {
+        case .close:
           connection.channel.close(promise: nil)
           break loop
+        case .endedBeforeUse:
+          // The server's GOAWAY (or close) came between its SETTINGS and this point, e.g. a
+          // max-age GOAWAY on a loaded machine: no stream used it, the waiters keep waiting, and
+          // the next connection is made now (after a backoff if this keeps happening).
+          connection.channel.close(promise: nil)
+          endedBeforeUse += 1
+          self.logger.debug(
+            "Connection ended before its first RPC; connecting again",
+            metadata: ["grpc.target": "\(self.target)", "grpc.connect_attempt": "\(attempt)"]
+          )
+          if endedBeforeUse > 1 {
+            await self.sleep(backoff.next())
+          }
+          continue loop
+        case .use(let ready, let readyUpdate):
+          waiters = ready
+          update = readyUpdate
         }
         for waiter in waiters {
           waiter.timer?.cancel()
@@ -363,6 +385,7 @@ public final class HTTP2Connection: ClientTransport, Sendable {
         )
         backoff.reset()
         attempt = 0
+        endedBeforeUse = 0
 
         // Serve until the connection stops taking new streams (lost, GOAWAY, shutdown).
         while self.state.withLock({ $0.isCurrent(connection.id) }) {
@@ -381,7 +404,7 @@ public final class HTTP2Connection: ClientTransport, Sendable {
           message: "Could not connect to \(self.target): \(reason ?? "\(error).")",
           cause: error
         )
-        let (failed, update) = self.state.withLock { $0.connectFailed(rpcError) }
+        let (failed, update) = self.state.withLock { $0.connectFailed(id, rpcError) }
         for waiter in failed {
           waiter.timer?.cancel()
           waiter.continuation.resume(throwing: rpcError)
@@ -395,13 +418,7 @@ public final class HTTP2Connection: ClientTransport, Sendable {
             "grpc.connect_attempt": "\(attempt)", "grpc.backoff": "\(delay)",
           ]
         )
-        // Other events (an old connection closing) also wake the loop: sleep out the backoff.
-        let until = NIODeadline.now() + TimeAmount(delay)
-        let timer = self.group.any().scheduleTask(deadline: until) { self.wake() }
-        repeat {
-          await self.park()
-        } while NIODeadline.now() < until && !self.state.withLock({ $0.shuttingDown })
-        timer.cancel()
+        await self.sleep(delay)
       }
     }
 
@@ -413,12 +430,22 @@ public final class HTTP2Connection: ClientTransport, Sendable {
     self.finishWatchers()
   }
 
+  /// Sleeps out a backoff; other events (an old connection closing) also wake the loop, so it
+  /// parks until the deadline or a shutdown.
+  private func sleep(_ delay: Duration) async {
+    let until = NIODeadline.now() + TimeAmount(delay)
+    let timer = self.group.any().scheduleTask(deadline: until) { self.wake() }
+    repeat {
+      await self.park()
+    } while NIODeadline.now() < until && !self.state.withLock({ $0.shuttingDown })
+    timer.cancel()
+  }
+
   /// Connects TCP (and TLS) and waits for the server's SETTINGS, within the connect timeout.
-  private func establish(sslContext: NIOSSLContext?) async throws -> ActiveConnection {
+  private func establish(id: UInt64, sslContext: NIOSSLContext?) async throws -> ActiveConnection {
     let eventLoop = self.group.next()
     let deadline = NIODeadline.now() + TimeAmount(self.config.connectTimeout)
-    let readyPromise = eventLoop.makePromise(of: Void.self)
-    let id = self.state.withLock { $0.makeID() }
+    let readyPromise = eventLoop.makePromise(of: NIOLoopBound<ConnectionHandler>.self)
     let settings = ConnectionHandler.Settings(
       streamWindowSize: self.config.http2.streamWindowSize,
       connectionWindowSize: self.config.http2.connectionWindowSize,
@@ -485,21 +512,17 @@ public final class HTTP2Connection: ClientTransport, Sendable {
         )
       )
     }
+    // The handler comes with the SETTINGS, not from the pipeline afterwards: a connection the
+    // server closes right after its SETTINGS has an empty pipeline by then.
+    let handler: NIOLoopBound<ConnectionHandler>
     do {
-      try await readyPromise.futureResult.get()
+      handler = try await readyPromise.futureResult.get()
       timeout.cancel()
     } catch {
       timeout.cancel()
       channel.close(promise: nil)
       throw error
     }
-
-    let handler = try await eventLoop.submit {
-      NIOLoopBound(
-        try channel.pipeline.syncOperations.handler(type: ConnectionHandler.self),
-        eventLoop: eventLoop
-      )
-    }.get()
 
     return ActiveConnection(
       id: id,
@@ -712,10 +735,28 @@ extension HTTP2Connection {
     /// The first connection is made eagerly; later ones on demand.
     var hadConnection = false
     private var nextID: UInt64 = 0
+    /// The connection being established, and whether the server already ended it (a GOAWAY or
+    /// a close between its SETTINGS and ``ready(_:)``), so that `ready` does not adopt it.
+    private var establishing: (id: UInt64, ended: Bool)?
 
     mutating func makeID() -> UInt64 {
       self.nextID += 1
       return self.nextID
+    }
+
+    /// A connection attempt starts: its ID, under which its events arrive.
+    mutating func startAttempt() -> UInt64 {
+      let id = self.makeID()
+      self.establishing = (id, false)
+      return id
+    }
+
+    /// Records an end (GOAWAY or close) of the connection being established; returns whether
+    /// `id` was that connection.
+    private mutating func endedWhileEstablishing(_ id: UInt64) -> Bool {
+      guard self.establishing?.id == id else { return false }
+      self.establishing?.ended = true
+      return true
     }
 
     mutating func setConnectivity(_ new: ConnectivityState) -> Update? {
@@ -786,9 +827,23 @@ extension HTTP2Connection {
       return .connect(self.setConnectivity(.connecting))
     }
 
-    mutating func ready(_ connection: ActiveConnection) -> (Bool, [Waiter], Update?) {
+    enum ReadyAction {
+      /// Hand the connection to these waiters and publish the update.
+      case use([Waiter], Update?)
+      /// The server ended the connection before it could be used: close it and connect again.
+      case endedBeforeUse
+      /// Shutting down: close the connection and stop.
+      case close
+    }
+
+    mutating func ready(_ connection: ActiveConnection) -> ReadyAction {
+      let ended = self.establishing?.id == connection.id && self.establishing?.ended == true
+      self.establishing = nil
       if self.shuttingDown {
-        return (false, [], nil)
+        return .close
+      }
+      if ended {
+        return .endedBeforeUse
       }
       let waiters = Array(self.waiters.values)
       self.waiters.removeAll()
@@ -796,10 +851,13 @@ extension HTTP2Connection {
       self.current = connection
       self.hadConnection = true
       self.lastError = nil
-      return (true, waiters, self.setConnectivity(.ready))
+      return .use(waiters, self.setConnectivity(.ready))
     }
 
-    mutating func connectFailed(_ error: RPCError) -> ([Waiter], Update?) {
+    mutating func connectFailed(_ id: UInt64, _ error: RPCError) -> ([Waiter], Update?) {
+      if self.establishing?.id == id {
+        self.establishing = nil
+      }
       self.lastError = error
       var failed: [Waiter] = []
       for (id, waiter) in self.waiters where !waiter.waitForReady {
@@ -814,6 +872,7 @@ extension HTTP2Connection {
     }
 
     mutating func draining(_ id: UInt64) -> Update? {
+      if self.endedWhileEstablishing(id) { return nil }
       self.connections[id]?.draining = true
       if self.current?.id == id {
         self.current = nil
@@ -823,6 +882,7 @@ extension HTTP2Connection {
     }
 
     mutating func closed(_ id: UInt64) -> Update? {
+      if self.endedWhileEstablishing(id) { return nil }
       self.connections.removeValue(forKey: id)
       if self.current?.id == id {
         self.current = nil

@@ -164,7 +164,12 @@ struct StallDetectionTests {
     let port = try #require(channel.localAddress?.port)
     let connection = HTTP2Connection(
       target: .ipv4(host: "127.0.0.1", port: port),
-      config: .defaults { $0.stallDetection = HTTP2Connection.StallDetection() },
+      // A PING timeout of 1 s rather than 300 ms: with the whole suite running in parallel on
+      // two cores an acknowledgement was seen to take longer than 300 ms (the connection left
+      // ready during a call to a live server).
+      config: .defaults {
+        $0.stallDetection = HTTP2Connection.StallDetection(pingTimeout: .seconds(1))
+      },
       logger: makeLogger()
     )
     try await withThrowingDiscardingTaskGroup { group in
@@ -185,7 +190,7 @@ struct StallDetectionTests {
       }
       let detected = ContinuousClock.now - start
       print("stall detected after \(detected)")
-      // About 0.4 s unloaded (100 ms silence, 300 ms PING timeout); the bound leaves room for
+      // About 1.1 s unloaded (100 ms silence, 1 s PING timeout); the bound leaves room for
       // the parallel tests on two cores. The one-second contract is asserted by the serial
       // SIGSTOP test in EtcdIntegrationTests.
       #expect(detected < .seconds(3), "a hung server must be left promptly")
@@ -204,7 +209,12 @@ struct StallDetectionTests {
     let port = try #require(channel.localAddress?.port)
     let connection = HTTP2Connection(
       target: .ipv4(host: "127.0.0.1", port: port),
-      config: .defaults { $0.stallDetection = HTTP2Connection.StallDetection() },
+      // A PING timeout of 1 s rather than 300 ms: with the whole suite running in parallel on
+      // two cores an acknowledgement was seen to take longer than 300 ms (the connection left
+      // ready during a call to a live server).
+      config: .defaults {
+        $0.stallDetection = HTTP2Connection.StallDetection(pingTimeout: .seconds(1))
+      },
       logger: makeLogger()
     )
     try await withThrowingDiscardingTaskGroup { group in
