@@ -29,6 +29,10 @@ enum Command {
   }
 
   /// Runs `executable` with `arguments` and collects its output; throws only when it cannot start.
+  ///
+  /// Spawned with `posix_spawn` and reaped by `waitpid` on a thread of its own, not with
+  /// Foundation's `Process`, which keeps every instance alive until the process exits (each is a
+  /// leak report under AddressSanitizer, `scripts/sanitize address`).
   static func run(
     _ executable: String,
     _ arguments: [String],
@@ -39,42 +43,67 @@ enum Command {
       .appendingPathComponent("harness-cmd-\(UUID().uuidString)")
     try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
     defer { try? FileManager.default.removeItem(at: directory) }
-    let outURL = directory.appendingPathComponent("out")
-    let errURL = directory.appendingPathComponent("err")
-    _ = FileManager.default.createFile(atPath: outURL.path, contents: nil)
-    _ = FileManager.default.createFile(atPath: errURL.path, contents: nil)
-    let out = try FileHandle(forWritingTo: outURL)
-    let err = try FileHandle(forWritingTo: errURL)
-    defer {
-      try? out.close()
-      try? err.close()
-    }
+    let outPath = directory.appendingPathComponent("out").path
+    let errPath = directory.appendingPathComponent("err").path
 
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: path)
-    process.arguments = arguments
-    process.standardOutput = out
-    process.standardError = err
-    process.standardInput = FileHandle.nullDevice
-    if !environment.isEmpty {
-      process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-    }
-    let status: Int32 = try await withCheckedThrowingContinuation { continuation in
-      process.terminationHandler = { finished in
-        continuation.resume(returning: finished.terminationStatus)
-      }
-      do {
-        try process.run()
-      } catch {
-        process.terminationHandler = nil
-        continuation.resume(throwing: HarnessError("could not start \(path): \(error)"))
-      }
-    }
+    var merged = ProcessInfo.processInfo.environment
+    merged.merge(environment) { $1 }
+    let pid = try spawn(
+      path,
+      arguments,
+      environment: merged.map { "\($0.key)=\($0.value)" },
+      stdout: outPath,
+      stderr: errPath
+    )
+    let status = await waitForExit(pid)
     return Output(
       status: status,
-      stdout: (try? String(contentsOf: outURL, encoding: .utf8)) ?? "",
-      stderr: (try? String(contentsOf: errURL, encoding: .utf8)) ?? ""
+      stdout: (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "",
+      stderr: (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? ""
     )
+  }
+
+  /// Starts `path` with its standard input from /dev/null and its output into two files.
+  private static func spawn(
+    _ path: String,
+    _ arguments: [String],
+    environment: [String],
+    stdout: String,
+    stderr: String
+  ) throws -> pid_t {
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    let create = O_WRONLY | O_CREAT | O_TRUNC
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 1, stdout, create, 0o644)
+    posix_spawn_file_actions_addopen(&actions, 2, stderr, create, 0o644)
+
+    let argv = ([path] + arguments).map { strdup($0) } + [nil]
+    let envp = environment.map { strdup($0) } + [nil]
+    defer {
+      for pointer in argv { free(pointer) }
+      for pointer in envp { free(pointer) }
+    }
+    var pid: pid_t = 0
+    let result = posix_spawn(&pid, path, &actions, nil, argv, envp)
+    guard result == 0 else {
+      throw HarnessError("could not start \(path): \(String(cString: strerror(result)))")
+    }
+    return pid
+  }
+
+  /// Waits on a thread of its own (waitpid blocks) until `pid` exits; returns its exit status, or
+  /// the number of the signal that ended it (as Foundation's `terminationStatus` does).
+  private static func waitForExit(_ pid: pid_t) async -> Int32 {
+    await withCheckedContinuation { continuation in
+      Thread.detachNewThread {
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) == -1, errno == EINTR {}
+        let signal = status & 0x7f
+        continuation.resume(returning: signal == 0 ? (status >> 8) & 0xff : signal)
+      }
+    }
   }
 }
 

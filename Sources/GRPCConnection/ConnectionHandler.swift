@@ -830,6 +830,14 @@ final class ConnectionHandler: ChannelInboundHandler {
       return
     }
     let silent = NIODeadline.now() - self.lastRead >= TimeAmount(stall.silence)
+    self.logger.trace(
+      "Stall check",
+      metadata: [
+        "grpc.silent": "\(silent)", "grpc.ping_in_flight": "\(self.stallPingTimeout != nil)",
+        "grpc.keepalive_in_flight": "\(self.keepaliveTimeout != nil)",
+        "grpc.frames_since_ping": "\(self.streamFramesSinceStallPing)",
+      ]
+    )
     if silent, self.stallPingTimeout == nil, self.keepaliveTimeout == nil,
       self.streamFramesSinceStallPing
     {

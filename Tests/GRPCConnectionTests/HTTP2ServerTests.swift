@@ -278,7 +278,9 @@ struct HTTP2ServerTests {
       try await poll("the idle connection was closed") { server.openConnectionCount == 0 }
       // The call may cross the close: it moves to (or is sent again on) a new connection.
       #expect(try await client.call([2]).message == [2])
-      #expect(server.acceptedConnectionCount == before + 1)
+      // At least one new connection; more when the machine is so loaded (AddressSanitizer, the
+      // parallel suites) that a new connection idles out before the call reaches it.
+      #expect(server.acceptedConnectionCount >= before + 1)
     }
   }
 
