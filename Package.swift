@@ -256,7 +256,7 @@ let package = Package(
     ),
     .testTarget(
       name: "RegistryCoreTests",
-      dependencies: ["RegistryCore", "RegistryTesting"],
+      dependencies: ["RegistryPrimitives", "RegistryCore", "RegistryTesting"],
       swiftSettings: strictSettings
     ),
     // The etcd client's protocol state machines, driven event by event: no etcd, no sockets.

@@ -39,7 +39,7 @@ public final class EtcdClient: Service, Sendable {
   let auth: AuthTokens
   let watches: WatchMultiplexer
   let keepAlives: LeaseKeepAliveLoop
-  let shutdownSignal = ShutdownSignal()
+  let shutdownSignal = Signal()
 
   /// Creates a client. Nothing connects until ``run()``.
   ///
@@ -103,7 +103,7 @@ public final class EtcdClient: Service, Sendable {
         group.addTask { await self.watches.run(client: self) }
         group.addTask { await self.keepAlives.run(client: self) }
         group.addTask {
-          await self.shutdownSignal.wait()
+          await self.shutdownSignal.waitIgnoringCancellation()
           // Streams end first so the gRPC clients can finish their graceful shutdown.
           await self.watches.stopped()
           await self.keepAlives.stopped()
@@ -287,7 +287,7 @@ final class Endpoint: Sendable {
   let client: GRPCClient<HTTP2Connection>
 
   init(address: String, configuration: EtcdClient.Configuration, logger: Logger) throws(EtcdError) {
-    guard let (host, port) = Self.split(address) else {
+    guard let endpoint = HostPort(address) else {
       throw EtcdError(
         code: .invalidArgument,
         message:
@@ -331,54 +331,11 @@ final class Endpoint: Sendable {
     var endpointLogger = logger
     endpointLogger[metadataKey: "etcd.endpoint"] = "\(address)"
     self.connection = HTTP2Connection(
-      target: .host(host, port: port),
+      target: .host(endpoint.host, port: endpoint.port),
       config: config,
       logger: endpointLogger
     )
     self.client = GRPCClient(transport: self.connection)
   }
 
-  static func split(_ address: String) -> (String, Int)? {
-    var text = Substring(address)
-    if text.hasPrefix("http://") || text.hasPrefix("https://") { return nil }
-    guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
-      (1 ... 65535).contains(port)
-    else { return nil }
-    text = text[..<colon]
-    if text.hasPrefix("["), text.hasSuffix("]") { text = text.dropFirst().dropLast() }
-    guard !text.isEmpty else { return nil }
-    return (String(text), port)
-  }
-}
-
-/// A one-shot signal that many tasks can wait for, fired from synchronous code.
-package final class ShutdownSignal: Sendable {
-  private let state = Locked<(fired: Bool, waiters: [CheckedContinuation<Void, Never>])>(
-    (false, [])
-  )
-
-  package init() {}
-
-  package var isFired: Bool { self.state.withLock { $0.fired } }
-
-  package func fire() {
-    let waiters = self.state.withLock { state in
-      if state.fired { return [CheckedContinuation<Void, Never>]() }
-      state.fired = true
-      defer { state.waiters = [] }
-      return state.waiters
-    }
-    for waiter in waiters { waiter.resume() }
-  }
-
-  package func wait() async {
-    await withCheckedContinuation { continuation in
-      let fired = self.state.withLock { state in
-        if state.fired { return true }
-        state.waiters.append(continuation)
-        return false
-      }
-      if fired { continuation.resume() }
-    }
-  }
 }

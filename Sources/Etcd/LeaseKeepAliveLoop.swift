@@ -23,14 +23,14 @@ final class LeaseKeepAliveLoop: Sendable {
     var nextID: UInt64 = 0
     var isShutDown = false
     var streamsOpened = 0
-    var wake: CheckedContinuation<Void, Never>?
+    var wake = Wakeup()
   }
 
   private let state = Locked(State())
   private let logger: Logger
   private let latency: CoreMetrics.Timer
-  private let shutdownSignal = ShutdownSignal()
-  private let stoppedSignal = ShutdownSignal()
+  private let shutdownSignal = Signal()
+  private let stoppedSignal = Signal()
 
   init(logger: Logger, latency: CoreMetrics.Timer) {
     self.logger = logger
@@ -55,8 +55,7 @@ final class LeaseKeepAliveLoop: Sendable {
         lastRenewal: now,
         continuation: continuation
       )
-      defer { state.wake = nil }
-      return (state.nextID, state.wake)
+      return (state.nextID, state.wake.take())
     }
     wake?.resume()
     return id
@@ -71,9 +70,8 @@ final class LeaseKeepAliveLoop: Sendable {
       state.isShutDown = true
       defer {
         state.registrations = [:]
-        state.wake = nil
       }
-      return (state.registrations.values.map(\.continuation), state.wake)
+      return (state.registrations.values.map(\.continuation), state.wake.take())
     }
     for continuation in registrations { continuation.finish() }
     wake?.resume()
@@ -82,14 +80,14 @@ final class LeaseKeepAliveLoop: Sendable {
 
   /// Waits until ``run(client:)`` has returned.
   func stopped() async {
-    await self.stoppedSignal.wait()
+    await self.stoppedSignal.waitIgnoringCancellation()
   }
 
   func run(client: EtcdClient) async {
     defer { self.stoppedSignal.fire() }
     await withTaskGroup(of: Void.self) { group in
       group.addTask { await self.loop(client: client) }
-      await self.shutdownSignal.wait()
+      await self.shutdownSignal.waitIgnoringCancellation()
       group.cancelAll()
     }
   }
@@ -170,14 +168,7 @@ final class LeaseKeepAliveLoop: Sendable {
         return state.registrations.isEmpty ? nil : true
       }
       if let ready { return ready }
-      await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-        let resumeNow = self.state.withLock { state in
-          if state.isShutDown || !state.registrations.isEmpty { return true }
-          state.wake = continuation
-          return false
-        }
-        if resumeNow { continuation.resume() }
-      }
+      await self.state.park(at: \.wake) { $0.isShutDown || !$0.registrations.isEmpty }
     }
   }
 

@@ -18,7 +18,7 @@ final class WatchMultiplexer: Sendable {
     var continuations: [WatchStreamStateMachine.WatchID: Continuation] = [:]
     var outbound: AsyncStream<Etcdserverpb_WatchRequest>.Continuation?
     var streamsOpened = 0
-    var wake: CheckedContinuation<Void, Never>?
+    var wake = Wakeup()
 
     /// Writes the requests among `actions` now; returns what is left to do after the lock.
     mutating func perform(
@@ -47,8 +47,8 @@ final class WatchMultiplexer: Sendable {
 
   private let state = Locked(State())
   private let logger: Logger
-  private let shutdownSignal = ShutdownSignal()
-  private let stoppedSignal = ShutdownSignal()
+  private let shutdownSignal = Signal()
+  private let stoppedSignal = Signal()
 
   init(logger: Logger) {
     self.logger = logger
@@ -65,8 +65,7 @@ final class WatchMultiplexer: Sendable {
       let (id, actions) = state.machine.add(range, options: options)
       state.continuations[id] = continuation
       _ = state.perform(actions)  // only a create request
-      defer { state.wake = nil }
-      return (id, state.wake)
+      return (id, state.wake.take())
     }
     wake?.resume()
     return id
@@ -84,10 +83,9 @@ final class WatchMultiplexer: Sendable {
       let ids = state.machine.shutdown()
       defer {
         state.continuations = [:]
-        state.wake = nil
         state.outbound = nil
       }
-      return (ids.compactMap { state.continuations[$0] }, state.wake, state.outbound)
+      return (ids.compactMap { state.continuations[$0] }, state.wake.take(), state.outbound)
     }
     outbound?.finish()
     for continuation in watchers { continuation.finish() }
@@ -96,14 +94,14 @@ final class WatchMultiplexer: Sendable {
   }
 
   func stopped() async {
-    await self.stoppedSignal.wait()
+    await self.stoppedSignal.waitIgnoringCancellation()
   }
 
   func run(client: EtcdClient) async {
     defer { self.stoppedSignal.fire() }
     await withTaskGroup(of: Void.self) { group in
       group.addTask { await self.loop(client: client) }
-      await self.shutdownSignal.wait()
+      await self.shutdownSignal.waitIgnoringCancellation()
       group.cancelAll()
     }
   }
@@ -189,14 +187,7 @@ final class WatchMultiplexer: Sendable {
         return state.machine.wantsStream ? true : nil
       }
       if let ready { return ready }
-      await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-        let resumeNow = self.state.withLock { state in
-          if state.machine.isShutDown || state.machine.wantsStream { return true }
-          state.wake = continuation
-          return false
-        }
-        if resumeNow { continuation.resume() }
-      }
+      await self.state.park(at: \.wake) { $0.machine.isShutDown || $0.machine.wantsStream }
     }
   }
 

@@ -31,8 +31,7 @@ extension EtcdServiceRegistry {
           state.pendingGrant = nil
           state.lease = lease
           state.leaseGeneration += 1
-          defer { state.wake = nil }
-          return (state.leaseGeneration, true, state.wake)
+          return (state.leaseGeneration, true, state.wake.take())
         }
         return (state.leaseGeneration, false, nil as CheckedContinuation<Void, Never>?)
       }
@@ -66,8 +65,7 @@ extension EtcdServiceRegistry {
       state.lease = nil
       state.leaseGeneration += 1
       state.restoreNeeded = true
-      defer { state.wake = nil }
-      return (true, state.wake)
+      return (true, state.wake.take())
     }
     wake?.resume()
     if lost {
@@ -124,17 +122,9 @@ extension EtcdServiceRegistry {
   }
 
   private func waitForChange() async {
-    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-      let now = self.state.withLock { state in
-        if state.isShutDown || state.lease != nil
-          || !state.registrations.isEmpty && state.pendingGrant == nil
-        {
-          return true
-        }
-        state.wake = continuation
-        return false
-      }
-      if now { continuation.resume() }
+    await self.state.park(at: \.wake) { state in
+      state.isShutDown || state.lease != nil
+        || !state.registrations.isEmpty && state.pendingGrant == nil
     }
   }
 

@@ -67,8 +67,8 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
   let logger: Logger
   let metrics: RegistryMetrics
   let state = Locked(State())
-  let shutdownRequested = ShutdownSignal()
-  let shutdownDone = ShutdownSignal()
+  let shutdownRequested = Signal()
+  let shutdownDone = Signal()
   let feedLaunches: AsyncStream<ServiceFeed>.Continuation
   private let feedLaunchStream: AsyncStream<ServiceFeed>
 
@@ -90,7 +90,7 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
     /// Keys whose registration etcd has acknowledged: only these are restored when deleted.
     var confirmed: Set<String> = []
     var feeds: [String: ServiceFeed] = [:]
-    var wake: CheckedContinuation<Void, Never>?
+    var wake = Wakeup()
   }
 
   /// Creates a registry. Nothing connects until ``run()``.
@@ -159,7 +159,7 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
         group.addTask { await self.maintainLease() }
         group.addTask { await self.repairDeletedKeys() }
         group.addTask {
-          await self.shutdownRequested.wait()
+          await self.shutdownRequested.waitIgnoringCancellation()
           await self.performShutdown()
         }
         // Feeds start when a service is first watched; they run here, as children of run(),
@@ -377,7 +377,7 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
     self.shutdownRequested.fire()
     if running {
       // run() performs the shutdown and signals when it has returned.
-      await self.shutdownDone.wait()
+      await self.shutdownDone.waitIgnoringCancellation()
     }
     // Nobody ran the registry, or run() ended early (cancelled): shut down here.
     await self.performShutdown()
@@ -397,9 +397,8 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
       defer {
         for feed in state.feeds.values { feed.metrics.destroy() }
         state.feeds = [:]
-        state.wake = nil
       }
-      return (state.lease, Array(state.feeds.values), state.wake, state.abandoned)
+      return (state.lease, Array(state.feeds.values), state.wake.take(), state.abandoned)
     }
     wake?.resume()
     self.feedLaunches.finish()
@@ -478,16 +477,9 @@ func withDeadline<T: Sendable>(
   _ limit: Duration,
   _ body: @escaping @Sendable () async throws -> T
 ) async throws -> T {
-  try await withThrowingTaskGroup(of: T?.self) { group in
-    group.addTask { try await body() }
-    group.addTask {
-      try await Task.sleep(for: limit)
-      return nil
-    }
-    defer { group.cancelAll() }
-    guard let first = try await group.next(), let value = first else {
-      throw RegistryError(code: .timeout, message: "gave up after \(limit)")
-    }
-    return value
-  }
+  try await withTimeout(
+    limit,
+    onTimeout: { RegistryError(code: .timeout, message: "gave up after \(limit)") },
+    body
+  )
 }

@@ -14,7 +14,7 @@ final class ServiceFeed: Sendable {
   let prefix: String
   let metrics: WatchMetrics
   private let state = Locked(State())
-  private let stopSignal = ShutdownSignal()
+  private let stopSignal = Signal()
   /// Events are queued under `state`'s lock and yielded after it: a subscriber's
   /// `onTermination` takes that lock (see `EventDelivery` for the deadlock this avoids).
   private let delivery = EventDelivery<RegistryEvent>()
@@ -84,7 +84,7 @@ final class ServiceFeed: Sendable {
   func run(registry: EtcdServiceRegistry) async {
     await withTaskGroup(of: Void.self) { group in
       group.addTask { await self.follow(registry) }
-      await self.stopSignal.wait()
+      await self.stopSignal.waitIgnoringCancellation()
       group.cancelAll()
     }
   }

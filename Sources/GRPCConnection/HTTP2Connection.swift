@@ -641,28 +641,18 @@ public final class HTTP2Connection: ClientTransport, Sendable {
     }
   }
 
+  /// Parks the connection loop until the next ``wake()``, or returns at once for one that came
+  /// while it was not parked.
   private func park() async {
-    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-      let resume = self.state.withLock { state -> Bool in
-        if state.wakeupPending {
-          state.wakeupPending = false
-          return true
-        }
-        state.loopWaiter = continuation
-        return false
-      }
-      if resume {
-        continuation.resume()
-      }
+    await self.state.park(at: \.loopWakeup) { state in
+      defer { state.wakeupPending = false }
+      return state.wakeupPending
     }
   }
 
   private func wake() {
     let waiter = self.state.withLock { state -> CheckedContinuation<Void, Never>? in
-      if let waiter = state.loopWaiter {
-        state.loopWaiter = nil
-        return waiter
-      }
+      if let waiter = state.loopWakeup.take() { return waiter }
       state.wakeupPending = true
       return nil
     }
@@ -727,7 +717,7 @@ extension HTTP2Connection {
     var connections: [UInt64: Entry] = [:]
     var waiters: [UInt64: Waiter] = [:]
     var watchers: [UInt64: AsyncStream<ConnectivityState>.Continuation] = [:]
-    var loopWaiter: CheckedContinuation<Void, Never>?
+    var loopWakeup = Wakeup()
     var wakeupPending = false
     /// Set when an RPC (or ``HTTP2Connection/requestConnection()``) needs a connection while
     /// idle; the connection loop waits for it after a connection was lost or drained.

@@ -417,18 +417,16 @@ public final class RegisteredServer: Service, Sendable {
     var description: String { "timed out after \(self.timeout)" }
   }
 
+  /// `body` within `timeout`, or ``TimeoutError``.
   static func withTimeout<T: Sendable>(
     _ timeout: Duration,
     _ body: @escaping @Sendable () async throws -> T
   ) async throws -> T {
-    try await withThrowingTaskGroup(of: T.self) { group in
-      group.addTask { try await body() }
-      group.addTask {
-        try await Task.sleep(for: timeout)
-        throw TimeoutError(timeout: timeout)
-      }
-      defer { group.cancelAll() }
-      return try await group.next()!
-    }
+    try await RegistryPrimitives.withTimeout(
+      timeout,
+      onTimeout: { TimeoutError(timeout: timeout) },
+      body
+    )
   }
+
 }

@@ -1,6 +1,7 @@
 import CoreMetrics
 import GRPCConnection
 import GRPCCore
+import RegistryPrimitives
 import Synchronization
 
 /// One registered instance as the transport sees it: its connection and the signal that closes

@@ -1,6 +1,7 @@
 import GRPCConnection
 import GRPCCore
 import RegistryCore
+import RegistryPrimitives
 import RegistryTesting
 import Synchronization
 import Testing
@@ -84,7 +85,7 @@ struct RegisteredServerTests {
   func bindFailure() async throws {
     let registry = InMemoryRegistry()
     let first = try await TestServer.start(registry: registry)
-    let port = try #require(first.address.split(separator: ":").last.flatMap { Int($0) })
+    let port = try #require(HostPort(first.address)?.port)
     let second = RegisteredServer(
       config: .init(name: "user-server") { $0.port = port },
       services: [],

@@ -1,6 +1,7 @@
 import GRPCCore
 import MetricsTestKit
 import RegistryCore
+import RegistryPrimitives
 import RegistryTesting
 import Testing
 import UserService
@@ -85,7 +86,7 @@ struct TransportMetricsTests {
     // A port that was free a moment ago: registered while nothing listens on it, served later.
     let probe = try await TestServer.start(name: "probe", registry: registry)
     let address = probe.address
-    let port = try #require(address.split(separator: ":").last.flatMap { Int($0) })
+    let port = try #require(HostPort(address)?.port)
     try await probe.stopGracefully()
     try await registry.register(ServiceInstance(name: "user-server", address: address))
 

@@ -42,10 +42,8 @@ enum ClientKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
 
 /// Splits `host:port`.
 func hostAndPort(_ address: String) throws -> (host: String, port: Int) {
-  guard let colon = address.lastIndex(of: ":"),
-    let port = Int(address[address.index(after: colon)...])
-  else { throw GoInteropError("not host:port: \(address)") }
-  return (String(address[..<colon]), port)
+  guard let split = HostPort(address) else { throw GoInteropError("not host:port: \(address)") }
+  return (split.host, split.port)
 }
 
 /// Runs `body` with a server of `kind` on a free loopback port; passes its `host:port`.
