@@ -44,9 +44,6 @@ final class ConnectionHandler: ChannelInboundHandler {
     var connectionWindowSize: Int
     var keepalive: HTTP2Connection.Keepalive?
     var stallDetection: HTTP2Connection.StallDetection?
-
-    /// Whether the time of the last frame read is needed.
-    var tracksReads: Bool { self.keepalive != nil || self.stallDetection != nil }
   }
 
   private let settings: Settings
@@ -67,15 +64,14 @@ final class ConnectionHandler: ChannelInboundHandler {
 
   // Keep-alive.
   private let pingData = HTTP2PingData(withInteger: .random(in: .min ... .max))
-  private var lastRead = NIODeadline.now()
   private var keepaliveTimer: Scheduled<Void>?
   private var keepaliveTimeout: Scheduled<Void>?
 
   // Stall detection.
   private var stallTimer: Scheduled<Void>?
   private var stallPingTimeout: Scheduled<Void>?
-  /// HEADERS or DATA arrived since the last stall PING (so another one may be sent).
-  private var streamFramesSinceStallPing = true
+  /// When to PING and what an unacknowledged PING means (keep-alive, stall detection).
+  private var liveness: ConnectionLiveness
 
   init(
     settings: Settings,
@@ -84,6 +80,11 @@ final class ConnectionHandler: ChannelInboundHandler {
     onEvent: @escaping @Sendable (ConnectionEvent) -> Void
   ) {
     self.settings = settings
+    self.liveness = ConnectionLiveness(
+      keepalive: settings.keepalive,
+      stallDetection: settings.stallDetection,
+      now: .now()
+    )
     self.readyPromise = readyPromise
     self.logger = logger
     self.onEvent = onEvent
@@ -232,16 +233,19 @@ final class ConnectionHandler: ChannelInboundHandler {
   func channelRead(context: ChannelHandlerContext, data: NIOAny) {
     let frame = self.unwrapInboundIn(data)
     self.inReadLoop = true
-    if self.settings.tracksReads {
-      self.lastRead = .now()
+    if self.liveness.tracksReads {
+      let streamFrame: Bool
+      switch frame.payload {
+      case .headers, .data: streamFrame = true
+      default: streamFrame = false
+      }
+      self.liveness.frameRead(at: .now(), streamFrame: streamFrame)
     }
 
     switch frame.payload {
     case .headers(let headers):
-      self.streamFramesSinceStallPing = true
       self.receivedHeaders(headers, streamID: frame.streamID, context: context)
     case .data(let data):
-      self.streamFramesSinceStallPing = true
       self.receivedData(data, streamID: frame.streamID, context: context)
     case .rstStream(let code):
       self.receivedReset(code, streamID: frame.streamID)
@@ -256,6 +260,7 @@ final class ConnectionHandler: ChannelInboundHandler {
       }
     case .ping(let data, ack: true):
       if data == self.pingData {
+        self.liveness.pingAcknowledged()
         self.keepaliveTimeout?.cancel()
         self.keepaliveTimeout = nil
         self.stallPingTimeout?.cancel()
@@ -761,37 +766,36 @@ final class ConnectionHandler: ChannelInboundHandler {
   }
 
   private func scheduleKeepalive(context: ChannelHandlerContext) {
-    guard let keepalive = self.settings.keepalive, !self.closed else { return }
-    let fireAt = self.lastRead + TimeAmount(keepalive.interval)
-    self.keepaliveTimer = context.eventLoop.assumeIsolated().scheduleTask(deadline: fireAt) {
+    guard let fireAt = self.liveness.firstKeepaliveCheck, !self.closed else { return }
+    self.armKeepalive(at: fireAt, context: context)
+  }
+
+  private func armKeepalive(at deadline: NIODeadline, context: ChannelHandlerContext) {
+    self.keepaliveTimer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) {
       self.keepaliveTimerFired()
     }
   }
 
   private func keepaliveTimerFired() {
-    guard let keepalive = self.settings.keepalive, let context = self.context, !self.closed else {
-      return
-    }
-    let interval = TimeAmount(keepalive.interval)
-    if NIODeadline.now() - self.lastRead < interval {
-      // Frames arrived meanwhile; the connection is evidently alive.
-      self.scheduleKeepalive(context: context)
-      return
-    }
-    if self.keepaliveTimeout == nil, keepalive.permitWithoutCalls || !self.streams.isEmpty {
+    guard let context = self.context, !self.closed,
+      let action = self.liveness.keepaliveTimerFired(at: .now(), hasStreams: !self.streams.isEmpty)
+    else { return }
+    switch action {
+    case .rearm(let deadline):
+      self.armKeepalive(at: deadline, context: context)
+    case .sendPing(let timeout, let rearm):
       let frame = HTTP2Frame(streamID: .rootStream, payload: .ping(self.pingData, ack: false))
       context.writeAndFlush(self.wrapOutboundOut(frame), promise: nil)
-      self.keepaliveTimeout = context.eventLoop.assumeIsolated().scheduleTask(
-        in: TimeAmount(keepalive.timeout)
-      ) {
+      self.keepaliveTimeout = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) {
         self.keepaliveTimedOut()
       }
+      self.armKeepalive(at: rearm, context: context)
     }
-    self.lastRead = .now()
-    self.scheduleKeepalive(context: context)
   }
 
   private func keepaliveTimedOut() {
+    self.keepaliveTimeout = nil
+    self.liveness.keepalivePingTimedOut()
     guard let context = self.context, !self.closed else { return }
     self.logger.info("Keep-alive PING not acknowledged in time; closing the connection")
     if self.closeError == nil {
@@ -808,56 +812,52 @@ final class ConnectionHandler: ChannelInboundHandler {
   /// Checks when the connection will have been silent for the stall period (or a period from now
   /// if frames are arriving).
   private func scheduleStallCheck(context: ChannelHandlerContext) {
-    guard let stall = self.settings.stallDetection, !self.closed else { return }
-    let silence = TimeAmount(stall.silence)
-    let now = NIODeadline.now()
-    let silentAt = self.lastRead + silence
-    self.stallTimer = context.eventLoop.assumeIsolated().scheduleTask(
-      deadline: silentAt > now ? silentAt : now + silence
-    ) {
+    guard let deadline = self.liveness.nextStallCheck(at: .now()), !self.closed else { return }
+    self.armStallCheck(at: deadline, context: context)
+  }
+
+  private func armStallCheck(at deadline: NIODeadline, context: ChannelHandlerContext) {
+    self.stallTimer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) {
       self.stallCheck()
     }
   }
 
   private func stallCheck() {
     self.stallTimer = nil
-    guard let stall = self.settings.stallDetection, let context = self.context, !self.closed,
-      !self.draining
-    else { return }
+    guard let context = self.context, !self.closed, !self.draining else { return }
     let waiting = self.streams.values.contains { $0.phase == .awaitingHeaders }
-    guard waiting else {
-      // Re-armed by the next stream.
-      return
-    }
-    let silent = NIODeadline.now() - self.lastRead >= TimeAmount(stall.silence)
+    let action = self.liveness.stallCheckFired(at: .now(), callsWaiting: waiting)
     self.logger.trace(
       "Stall check",
       metadata: [
-        "grpc.silent": "\(silent)", "grpc.ping_in_flight": "\(self.stallPingTimeout != nil)",
-        "grpc.keepalive_in_flight": "\(self.keepaliveTimeout != nil)",
-        "grpc.frames_since_ping": "\(self.streamFramesSinceStallPing)",
+        "grpc.calls_waiting": "\(waiting)", "grpc.action": "\(action)",
+        "grpc.ping_in_flight": "\(self.liveness.stallPingInFlight)",
+        "grpc.keepalive_in_flight": "\(self.liveness.keepalivePingInFlight)",
+        "grpc.frames_since_ping": "\(self.liveness.streamFramesSinceStallPing)",
       ]
     )
-    if silent, self.stallPingTimeout == nil, self.keepaliveTimeout == nil,
-      self.streamFramesSinceStallPing
-    {
-      self.streamFramesSinceStallPing = false
+    switch action {
+    case .stop:
+      // Re-armed by the next stream.
+      return
+    case .rearm(let deadline):
+      self.armStallCheck(at: deadline, context: context)
+    case .sendPing(let timeout, let rearm):
       let frame = HTTP2Frame(streamID: .rootStream, payload: .ping(self.pingData, ack: false))
       context.writeAndFlush(self.wrapOutboundOut(frame), promise: nil)
-      self.stallPingTimeout = context.eventLoop.assumeIsolated().scheduleTask(
-        in: TimeAmount(stall.pingTimeout)
-      ) {
+      self.stallPingTimeout = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) {
         self.stallPingTimedOut()
       }
+      self.armStallCheck(at: rearm, context: context)
     }
-    self.scheduleStallCheck(context: context)
   }
 
   private func stallPingTimedOut() {
     self.stallPingTimeout = nil
+    let action = self.liveness.stallPingTimedOut()
     guard let context = self.context, !self.closed else { return }
     let waiting = self.streams.values.filter { $0.phase == .awaitingHeaders }.count
-    if self.settings.stallDetection?.closesConnection == true {
+    if action == .close {
       self.logger.warning(
         "Server did not acknowledge a PING while calls waited; closing the connection",
         metadata: ["grpc.waiting_calls": "\(waiting)"]
