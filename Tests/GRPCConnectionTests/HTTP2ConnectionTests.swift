@@ -310,46 +310,4 @@ struct HTTP2ConnectionTests {
       )
     }
   }
-
-  @Test("10,000 sequential unary calls")
-  func sequentialCalls() async throws {
-    try await withEchoServerAndClient { client, _, _ in
-      var failures = 0
-      for i in 0 ..< 10_000 {
-        let message = [UInt8(truncatingIfNeeded: i), UInt8(truncatingIfNeeded: i >> 8)]
-        do {
-          if try await client.echo(message).message != message { failures += 1 }
-        } catch {
-          failures += 1
-        }
-      }
-      #expect(failures == 0)
-    }
-  }
-
-  @Test("10,000 unary calls at concurrency 64")
-  func concurrentCalls() async throws {
-    try await withEchoServerAndClient { client, _, _ in
-      let failures = try await withThrowingTaskGroup(of: Int.self) { group in
-        for worker in 0 ..< 64 {
-          group.addTask {
-            var failures = 0
-            var i = worker
-            while i < 10_000 {
-              let message = [UInt8(truncatingIfNeeded: i), UInt8(truncatingIfNeeded: i >> 8)]
-              do {
-                if try await client.echo(message).message != message { failures += 1 }
-              } catch {
-                failures += 1
-              }
-              i += 64
-            }
-            return failures
-          }
-        }
-        return try await group.reduce(0, +)
-      }
-      #expect(failures == 0)
-    }
-  }
 }
