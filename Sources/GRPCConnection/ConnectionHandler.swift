@@ -19,24 +19,11 @@ final class ConnectionHandler: ChannelInboundHandler {
   typealias InboundIn = HTTP2Frame
   typealias OutboundOut = HTTP2Frame
 
-  private enum Phase {
-    case awaitingHeaders
-    case receivingMessages
-    case done
-  }
-
   private struct StreamRecord {
     let stream: ClientStream
-    var phase: Phase = .awaitingHeaders
-    var deframer: MessageDeframer
-    var localClosed = false
+    var machine: ClientStreamStateMachine
     var deadline: Scheduled<Void>?
     var lastInboundWindow: Int?
-    /// What was sent while no response had come, up to 64 KiB (`nil` beyond): sent again on
-    /// another connection if the server refuses the stream unprocessed (grpc's transparent
-    /// retry).
-    var sent: [ClientStream.OutboundPart]? = []
-    var sentBytes = 0
   }
 
   struct Settings {
@@ -121,11 +108,6 @@ final class ConnectionHandler: ChannelInboundHandler {
     }
   }
 
-  private static let unprocessedError = RPCError(
-    code: .unavailable,
-    message: "The server is going away (GOAWAY) and did not process the RPC; it is safe to retry."
-  )
-
   func channelInactive(context: ChannelHandlerContext) {
     self.closed = true
     self.draining = true
@@ -141,18 +123,13 @@ final class ConnectionHandler: ChannelInboundHandler {
     )
     let records = self.streams
     self.streams.removeAll()
-    for (id, record) in records {
+    for (id, var record) in records {
       record.deadline?.cancel()
-      // Past the server's GOAWAY and unanswered: the server never processed it, even if the
-      // connection closed before the stream's own close event (the same rule as
-      // `streamClosed`), so it is sent again on another connection.
-      if let lastStreamID = self.goAwayLastStreamID, id > lastStreamID,
-        case .awaitingHeaders = record.phase
-      {
-        record.stream.retryUnprocessed(sent: record.sent, error: Self.unprocessedError)
-      } else {
-        record.stream.fail(error)
-      }
+      let action = record.machine.connectionClosed(
+        beyondGoAway: self.isBeyondGoAway(id),
+        error: error
+      )
+      self.run(action, for: record.stream)
     }
 
     if let readyPromise = self.readyPromise {
@@ -367,19 +344,8 @@ final class ConnectionHandler: ChannelInboundHandler {
       index += 1
     }
 
-    if let id = streamID, let record = self.streams.index(forKey: id),
-      case .awaitingHeaders = self.streams.values[record].phase,
-      self.streams.values[record].sent != nil
-    {
-      self.streams.values[record].sentBytes += batchBytes
-      if self.streams.values[record].sentBytes <= 64 * 1024 {
-        self.streams.values[record].sent?.append(contentsOf: parts)
-      } else {
-        self.streams.values[record].sent = nil
-      }
-    }
-    if let id = streamID, endsStream {
-      self.localClosed(id)
+    if let id = streamID, let record = self.streams.index(forKey: id) {
+      self.streams.values[record].machine.sent(parts, bytes: batchBytes, endsRequest: endsStream)
     }
 
     // One promise per burst tracks when queued request bytes leave the HTTP/2 layer, which is
@@ -400,7 +366,7 @@ final class ConnectionHandler: ChannelInboundHandler {
 
   private func isWritable(_ id: HTTP2StreamID) -> Bool {
     guard let record = self.streams[id] else { return false }
-    return !record.localClosed
+    return !record.machine.requestClosed
   }
 
   /// Opens the stream; `nil` when this connection takes no new streams (the caller moves it).
@@ -422,7 +388,7 @@ final class ConnectionHandler: ChannelInboundHandler {
 
     var record = StreamRecord(
       stream: stream,
-      deframer: MessageDeframer(maxMessageBytes: stream.maxResponseBytes)
+      machine: ClientStreamStateMachine(maxResponseBytes: stream.maxResponseBytes)
     )
     if let timeout = stream.timeout {
       record.deadline = context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(timeout)) {
@@ -437,11 +403,6 @@ final class ConnectionHandler: ChannelInboundHandler {
     return id
   }
 
-  private func localClosed(_ id: HTTP2StreamID) {
-    guard let index = self.streams.index(forKey: id) else { return }
-    self.streams.values[index].localClosed = true
-  }
-
   /// Resets the stream (RST_STREAM CANCEL) after the caller cancelled or failed it.
   func reset(_ stream: ClientStream) {
     guard let id = stream.streamID, let record = self.removeStream(id) else {
@@ -450,9 +411,7 @@ final class ConnectionHandler: ChannelInboundHandler {
     }
     record.stream.markTransportClosed()
     guard let context = self.context else { return }
-    let frame = HTTP2Frame(streamID: id, payload: .rstStream(.cancel))
-    context.write(self.wrapOutboundOut(frame), promise: nil)
-    self.flushSoon(context: context)
+    self.writeReset(.cancel, streamID: id, context: context)
   }
 
   private func deadlineExpired(_ id: HTTP2StreamID) {
@@ -461,9 +420,7 @@ final class ConnectionHandler: ChannelInboundHandler {
       RPCError(code: .deadlineExceeded, message: "The RPC's deadline passed before it completed.")
     )
     guard let context = self.context else { return }
-    let frame = HTTP2Frame(streamID: id, payload: .rstStream(.cancel))
-    context.write(self.wrapOutboundOut(frame), promise: nil)
-    self.flushSoon(context: context)
+    self.writeReset(.cancel, streamID: id, context: context)
   }
 
   @discardableResult
@@ -483,6 +440,54 @@ final class ConnectionHandler: ChannelInboundHandler {
 
   // MARK: - Responses
 
+  private func receivedHeaders(
+    _ payload: HTTP2Frame.FramePayload.Headers,
+    streamID id: HTTP2StreamID,
+    context: ChannelHandlerContext
+  ) {
+    guard let index = self.streams.index(forKey: id) else { return }
+    let action = self.streams.values[index].machine.receivedHeaders(
+      payload.headers,
+      endStream: payload.endStream
+    )
+    switch action {
+    case .none:
+      ()
+    case .deliverMetadata(let metadata):
+      self.streams.values[index].stream.deliver(.metadata(metadata))
+    case .finish(let status, let metadata, let reset):
+      // The final part; the stream is forgotten before the caller sees it.
+      let stream = self.streams.values[index].stream
+      self.removeStream(id)
+      stream.deliver(.status(status, metadata), final: true, transportClosed: true)
+      if let reset {
+        self.writeReset(reset, streamID: id, context: context)
+      }
+    case .fail(let error, let reset):
+      self.failStream(id, error: error, reset: reset, context: context)
+    }
+  }
+
+  private func receivedData(
+    _ payload: HTTP2Frame.FramePayload.Data,
+    streamID id: HTTP2StreamID,
+    context: ChannelHandlerContext
+  ) {
+    guard let index = self.streams.index(forKey: id),
+      case .byteBuffer(let buffer) = payload.data
+    else { return }
+    let stream = self.streams.values[index].stream
+    let action = self.streams.values[index].machine.receivedData(
+      buffer,
+      endStream: payload.endStream
+    ) { message in
+      stream.deliver(.message(message))
+    }
+    if case .fail(let error, let reset) = action {
+      self.failStream(id, error: error, reset: reset, context: context)
+    }
+  }
+
   private func failStream(
     _ id: HTTP2StreamID,
     error: RPCError,
@@ -492,191 +497,44 @@ final class ConnectionHandler: ChannelInboundHandler {
     guard let record = self.removeStream(id) else { return }
     record.stream.fail(error)
     if reset {
-      let frame = HTTP2Frame(streamID: id, payload: .rstStream(.cancel))
-      context.write(self.wrapOutboundOut(frame), promise: nil)
-      self.flushSoon(context: context)
+      self.writeReset(.cancel, streamID: id, context: context)
     }
   }
 
-  private func receivedHeaders(
-    _ payload: HTTP2Frame.FramePayload.Headers,
+  private func writeReset(
+    _ code: HTTP2ErrorCode,
     streamID id: HTTP2StreamID,
     context: ChannelHandlerContext
   ) {
-    guard let index = self.streams.index(forKey: id) else { return }
-    let headers = payload.headers
-    let endStream = payload.endStream
-
-    switch self.streams.values[index].phase {
-    case .awaitingHeaders:
-      guard let statusField = headers.first(name: ":status"), let httpStatus = Int(statusField)
-      else {
-        self.failStream(
-          id,
-          error: RPCError(
-            code: .internalError,
-            message: "The server's response has no valid ':status'."
-          ),
-          reset: !endStream,
-          context: context
-        )
-        return
-      }
-      if (100 ..< 200).contains(httpStatus) {
-        return  // Informational; the real response follows.
-      }
-      if httpStatus != 200 && headers.first(name: "grpc-status") == nil {
-        let status = GRPCWire.status(httpStatus: httpStatus)
-        self.finishStream(
-          index: index,
-          id: id,
-          part: .status(status, GRPCWire.metadata(from: headers)),
-          endStream: endStream,
-          context: context
-        )
-        return
-      }
-      if let contentType = headers.first(name: "content-type"),
-        !contentType.hasPrefix("application/grpc")
-      {
-        self.failStream(
-          id,
-          error: RPCError(
-            code: .internalError,
-            message: "The server responded with content-type '\(contentType)', not gRPC."
-          ),
-          reset: !endStream,
-          context: context
-        )
-        return
-      }
-      if endStream {
-        // Trailers-only response.
-        self.finishStream(
-          index: index,
-          id: id,
-          part: .status(GRPCWire.status(fromTrailers: headers), GRPCWire.metadata(from: headers)),
-          endStream: true,
-          context: context
-        )
-      } else {
-        self.streams.values[index].phase = .receivingMessages
-        self.streams.values[index].stream.deliver(.metadata(GRPCWire.metadata(from: headers)))
-      }
-
-    case .receivingMessages:
-      // Trailers. (grpc servers always set END_STREAM on them; tolerate its absence.)
-      var status = GRPCWire.status(fromTrailers: headers)
-      if status.code == .ok, self.streams.values[index].deframer.hasPartialMessage {
-        status = Status(
-          code: .internalError,
-          message: "The server ended the response inside a message."
-        )
-      }
-      self.finishStream(
-        index: index,
-        id: id,
-        part: .status(status, GRPCWire.metadata(from: headers)),
-        endStream: endStream,
-        context: context
-      )
-
-    case .done:
-      ()
-    }
-  }
-
-  /// Delivers the final response part and forgets the stream. If the request side is still
-  /// open, the stream is reset (NO_ERROR, as grpc does) so the server stops expecting request
-  /// data; a server that did not end the stream is reset with CANCEL.
-  private func finishStream(
-    index: Dictionary<HTTP2StreamID, StreamRecord>.Index,
-    id: HTTP2StreamID,
-    part: ClientStream.Part,
-    endStream: Bool,
-    context: ChannelHandlerContext
-  ) {
-    let record = self.streams.values[index]
-    self.removeStream(id)
-    record.stream.deliver(part, final: true, transportClosed: true)
-    if !endStream || !record.localClosed {
-      let frame = HTTP2Frame(streamID: id, payload: .rstStream(endStream ? .noError : .cancel))
-      context.write(self.wrapOutboundOut(frame), promise: nil)
-      self.flushSoon(context: context)
-    }
-  }
-
-  private func receivedData(
-    _ payload: HTTP2Frame.FramePayload.Data,
-    streamID id: HTTP2StreamID,
-    context: ChannelHandlerContext
-  ) {
-    guard let index = self.streams.index(forKey: id) else { return }
-    switch self.streams.values[index].phase {
-    case .awaitingHeaders:
-      self.failStream(
-        id,
-        error: RPCError(
-          code: .internalError,
-          message: "The server sent DATA before response headers."
-        ),
-        reset: !payload.endStream,
-        context: context
-      )
-      return
-    case .done:
-      return
-    case .receivingMessages:
-      ()
-    }
-
-    guard case .byteBuffer(let buffer) = payload.data else { return }
-    self.streams.values[index].deframer.append(buffer)
-    let stream = self.streams.values[index].stream
-    do {
-      while let message = try self.streams.values[index].deframer.next() {
-        stream.deliver(.message(message))
-      }
-    } catch {
-      self.failStream(id, error: error, reset: !payload.endStream, context: context)
-      return
-    }
-
-    if payload.endStream {
-      self.failStream(
-        id,
-        error: RPCError(
-          code: .internalError,
-          message: "The server closed the stream without trailers."
-        ),
-        reset: false,
-        context: context
-      )
-    }
+    let frame = HTTP2Frame(streamID: id, payload: .rstStream(code))
+    context.write(self.wrapOutboundOut(frame), promise: nil)
+    self.flushSoon(context: context)
   }
 
   private func receivedReset(_ code: HTTP2ErrorCode, streamID id: HTTP2StreamID) {
-    guard let record = self.removeStream(id) else { return }
-    if code == .refusedStream, case .awaitingHeaders = record.phase {
-      record.stream.retryUnprocessed(sent: record.sent, error: GRPCWire.error(forReset: code))
-      return
-    }
-    record.stream.fail(GRPCWire.error(forReset: code))
+    guard var record = self.removeStream(id) else { return }
+    self.run(record.machine.receivedReset(code), for: record.stream)
   }
 
   private func streamClosed(_ id: HTTP2StreamID, reason: HTTP2ErrorCode?) {
-    guard let record = self.removeStream(id) else { return }
-    if case .done = record.phase {
-      record.stream.markTransportClosed()
-      return
+    guard var record = self.removeStream(id) else { return }
+    let action = record.machine.closed(reason: reason, beyondGoAway: self.isBeyondGoAway(id))
+    self.run(action, for: record.stream)
+  }
+
+  private func run(_ action: ClientStreamStateMachine.EndAction, for stream: ClientStream) {
+    switch action {
+    case .retryUnprocessed(let sent, let error):
+      stream.retryUnprocessed(sent: sent, error: error)
+    case .fail(let error):
+      stream.fail(error)
     }
-    if let lastStreamID = self.goAwayLastStreamID, id > lastStreamID {
-      record.stream.retryUnprocessed(sent: record.sent, error: Self.unprocessedError)
-    } else if let reason {
-      record.stream.fail(GRPCWire.error(forReset: reason))
-    } else {
-      record.stream.fail(RPCError(code: .unavailable, message: "The stream closed unexpectedly."))
-    }
+  }
+
+  /// Whether the server's GOAWAY said it will not process stream `id`.
+  private func isBeyondGoAway(_ id: HTTP2StreamID) -> Bool {
+    guard let lastStreamID = self.goAwayLastStreamID else { return false }
+    return id > lastStreamID
   }
 
   // MARK: - Flow control
@@ -825,7 +683,7 @@ final class ConnectionHandler: ChannelInboundHandler {
   private func stallCheck() {
     self.stallTimer = nil
     guard let context = self.context, !self.closed, !self.draining else { return }
-    let waiting = self.streams.values.contains { $0.phase == .awaitingHeaders }
+    let waiting = self.streams.values.contains { $0.machine.response == .awaitingHeaders }
     let action = self.liveness.stallCheckFired(at: .now(), callsWaiting: waiting)
     self.logger.trace(
       "Stall check",
@@ -856,7 +714,7 @@ final class ConnectionHandler: ChannelInboundHandler {
     self.stallPingTimeout = nil
     let action = self.liveness.stallPingTimedOut()
     guard let context = self.context, !self.closed else { return }
-    let waiting = self.streams.values.filter { $0.phase == .awaitingHeaders }.count
+    let waiting = self.streams.values.filter { $0.machine.response == .awaitingHeaders }.count
     if action == .close {
       self.logger.warning(
         "Server did not acknowledge a PING while calls waited; closing the connection",
