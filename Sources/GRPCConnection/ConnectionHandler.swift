@@ -19,11 +19,12 @@ final class ConnectionHandler: ChannelInboundHandler {
   typealias InboundIn = HTTP2Frame
   typealias OutboundOut = HTTP2Frame
 
-  private struct StreamRecord {
+  /// One open stream (internal for the liveness extension, which counts waiting calls).
+  struct StreamRecord {
     let stream: ClientStream
     var machine: ClientStreamStateMachine
     var deadline: Scheduled<Void>?
-    var lastInboundWindow: Int?
+    var window: InboundWindow
   }
 
   struct Settings {
@@ -34,31 +35,31 @@ final class ConnectionHandler: ChannelInboundHandler {
   }
 
   private let settings: Settings
-  private let logger: Logger
+  let logger: Logger
   private let onEvent: @Sendable (ConnectionEvent) -> Void
   private var readyPromise: EventLoopPromise<NIOLoopBound<ConnectionHandler>>?
 
-  private var context: ChannelHandlerContext?
-  private var streams: [HTTP2StreamID: StreamRecord] = [:]
+  var context: ChannelHandlerContext?
+  var streams: [HTTP2StreamID: StreamRecord] = [:]
   private var nextStreamID: Int32 = 1
-  private var draining = false
-  private var closed = false
-  private var closeError: (any Error)?
+  var draining = false
+  var closed = false
+  var closeError: (any Error)?
   private var goAwayLastStreamID: HTTP2StreamID?
   private var receivedSettings = false
   private var inReadLoop = false
   private var flushPending = false
 
   // Keep-alive.
-  private let pingData = HTTP2PingData(withInteger: .random(in: .min ... .max))
-  private var keepaliveTimer: Scheduled<Void>?
-  private var keepaliveTimeout: Scheduled<Void>?
+  let pingData = HTTP2PingData(withInteger: .random(in: .min ... .max))
+  var keepaliveTimer: Scheduled<Void>?
+  var keepaliveTimeout: Scheduled<Void>?
 
   // Stall detection.
-  private var stallTimer: Scheduled<Void>?
-  private var stallPingTimeout: Scheduled<Void>?
+  var stallTimer: Scheduled<Void>?
+  var stallPingTimeout: Scheduled<Void>?
   /// When to PING and what an unacknowledged PING means (keep-alive, stall detection).
-  private var liveness: ConnectionLiveness
+  var liveness: ConnectionLiveness
 
   init(
     settings: Settings,
@@ -388,7 +389,8 @@ final class ConnectionHandler: ChannelInboundHandler {
 
     var record = StreamRecord(
       stream: stream,
-      machine: ClientStreamStateMachine(maxResponseBytes: stream.maxResponseBytes)
+      machine: ClientStreamStateMachine(maxResponseBytes: stream.maxResponseBytes),
+      window: InboundWindow(target: self.settings.streamWindowSize)
     )
     if let timeout = stream.timeout {
       record.deadline = context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(timeout)) {
@@ -543,33 +545,29 @@ final class ConnectionHandler: ChannelInboundHandler {
     guard let window = event.inboundWindowSize else { return }
     if event.streamID == .rootStream {
       let target = self.settings.connectionWindowSize
-      if window <= target / 2 {
-        self.sendWindowUpdate(streamID: .rootStream, increment: target - window, context: context)
+      if let increment = InboundWindow.connectionIncrement(window: window, target: target) {
+        self.sendWindowUpdate(streamID: .rootStream, increment: increment, context: context)
       }
       return
     }
-
     guard let index = self.streams.index(forKey: event.streamID) else { return }
-    self.streams.values[index].lastInboundWindow = window
-    let target = self.settings.streamWindowSize
-    guard window <= target / 2 else { return }
-    // The stream's reader keeps up unless more than a window of data is buffered: then the
-    // update waits until the reader drains (ClientStream schedules sendDeferredWindowUpdate).
-    if !self.streams.values[index].stream.isOverBuffered {
-      self.streams.values[index].lastInboundWindow = target
-      self.sendWindowUpdate(streamID: event.streamID, increment: target - window, context: context)
+    // A reader more than a window behind gets its update when it drains (ClientStream
+    // schedules sendDeferredWindowUpdate).
+    let readerIsBehind = self.streams.values[index].stream.isOverBuffered
+    if let increment = self.streams.values[index].window.windowChanged(
+      to: window,
+      readerIsBehind: readerIsBehind
+    ) {
+      self.sendWindowUpdate(streamID: event.streamID, increment: increment, context: context)
     }
   }
 
   func sendDeferredWindowUpdate(_ stream: ClientStream) {
     guard let context = self.context, let id = stream.streamID,
       let index = self.streams.index(forKey: id),
-      let window = self.streams.values[index].lastInboundWindow
+      let increment = self.streams.values[index].window.readerCaughtUp()
     else { return }
-    let target = self.settings.streamWindowSize
-    guard window < target else { return }
-    self.streams.values[index].lastInboundWindow = target
-    self.sendWindowUpdate(streamID: id, increment: target - window, context: context)
+    self.sendWindowUpdate(streamID: id, increment: increment, context: context)
   }
 
   private func sendWindowUpdate(
@@ -608,7 +606,7 @@ final class ConnectionHandler: ChannelInboundHandler {
     }
   }
 
-  private func beginDraining(reason: String, context: ChannelHandlerContext) {
+  func beginDraining(reason: String, context: ChannelHandlerContext) {
     guard !self.draining else { return }
     self.draining = true
     self.onEvent(.draining(reason: reason))
@@ -621,122 +619,5 @@ final class ConnectionHandler: ChannelInboundHandler {
   func drain() {
     guard let context = self.context else { return }
     self.beginDraining(reason: "client shutdown", context: context)
-  }
-
-  private func scheduleKeepalive(context: ChannelHandlerContext) {
-    guard let fireAt = self.liveness.firstKeepaliveCheck, !self.closed else { return }
-    self.armKeepalive(at: fireAt, context: context)
-  }
-
-  private func armKeepalive(at deadline: NIODeadline, context: ChannelHandlerContext) {
-    self.keepaliveTimer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) {
-      self.keepaliveTimerFired()
-    }
-  }
-
-  private func keepaliveTimerFired() {
-    guard let context = self.context, !self.closed,
-      let action = self.liveness.keepaliveTimerFired(at: .now(), hasStreams: !self.streams.isEmpty)
-    else { return }
-    switch action {
-    case .rearm(let deadline):
-      self.armKeepalive(at: deadline, context: context)
-    case .sendPing(let timeout, let rearm):
-      let frame = HTTP2Frame(streamID: .rootStream, payload: .ping(self.pingData, ack: false))
-      context.writeAndFlush(self.wrapOutboundOut(frame), promise: nil)
-      self.keepaliveTimeout = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) {
-        self.keepaliveTimedOut()
-      }
-      self.armKeepalive(at: rearm, context: context)
-    }
-  }
-
-  private func keepaliveTimedOut() {
-    self.keepaliveTimeout = nil
-    self.liveness.keepalivePingTimedOut()
-    guard let context = self.context, !self.closed else { return }
-    self.logger.info("Keep-alive PING not acknowledged in time; closing the connection")
-    if self.closeError == nil {
-      self.closeError = HTTP2ConnectionError(
-        code: .connectionClosed,
-        message: "The server did not acknowledge a keep-alive PING in time."
-      )
-    }
-    context.close(promise: nil)
-  }
-
-  // MARK: - Stall detection
-
-  /// Checks when the connection will have been silent for the stall period (or a period from now
-  /// if frames are arriving).
-  private func scheduleStallCheck(context: ChannelHandlerContext) {
-    guard let deadline = self.liveness.nextStallCheck(at: .now()), !self.closed else { return }
-    self.armStallCheck(at: deadline, context: context)
-  }
-
-  private func armStallCheck(at deadline: NIODeadline, context: ChannelHandlerContext) {
-    self.stallTimer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) {
-      self.stallCheck()
-    }
-  }
-
-  private func stallCheck() {
-    self.stallTimer = nil
-    guard let context = self.context, !self.closed, !self.draining else { return }
-    let waiting = self.streams.values.contains { $0.machine.response == .awaitingHeaders }
-    let action = self.liveness.stallCheckFired(at: .now(), callsWaiting: waiting)
-    self.logger.trace(
-      "Stall check",
-      metadata: [
-        "grpc.calls_waiting": "\(waiting)", "grpc.action": "\(action)",
-        "grpc.ping_in_flight": "\(self.liveness.stallPingInFlight)",
-        "grpc.keepalive_in_flight": "\(self.liveness.keepalivePingInFlight)",
-        "grpc.frames_since_ping": "\(self.liveness.streamFramesSinceStallPing)",
-      ]
-    )
-    switch action {
-    case .stop:
-      // Re-armed by the next stream.
-      return
-    case .rearm(let deadline):
-      self.armStallCheck(at: deadline, context: context)
-    case .sendPing(let timeout, let rearm):
-      let frame = HTTP2Frame(streamID: .rootStream, payload: .ping(self.pingData, ack: false))
-      context.writeAndFlush(self.wrapOutboundOut(frame), promise: nil)
-      self.stallPingTimeout = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) {
-        self.stallPingTimedOut()
-      }
-      self.armStallCheck(at: rearm, context: context)
-    }
-  }
-
-  private func stallPingTimedOut() {
-    self.stallPingTimeout = nil
-    let action = self.liveness.stallPingTimedOut()
-    guard let context = self.context, !self.closed else { return }
-    let waiting = self.streams.values.filter { $0.machine.response == .awaitingHeaders }.count
-    if action == .close {
-      self.logger.warning(
-        "Server did not acknowledge a PING while calls waited; closing the connection",
-        metadata: ["grpc.waiting_calls": "\(waiting)"]
-      )
-      if self.closeError == nil {
-        self.closeError = HTTP2ConnectionError(
-          code: .connectionClosed,
-          message:
-            "The server stopped answering: a PING sent while calls waited was not acknowledged."
-        )
-      }
-      context.close(promise: nil)
-      return
-    }
-    self.logger.warning(
-      "Server did not acknowledge a PING while calls waited; no new calls on this connection",
-      metadata: ["grpc.waiting_calls": "\(waiting)"]
-    )
-    self.beginDraining(
-      reason: "the server stopped answering (PING not acknowledged)",
-      context: context
-    )
   }
 }

@@ -1,4 +1,6 @@
 public import GRPCCore
+internal import NIOCore
+internal import NIOHTTP2
 
 extension HTTP2Connection {
   /// Configuration of an ``HTTP2Connection``.
@@ -275,5 +277,48 @@ extension HTTP2Connection {
         authority: nil
       )
     }
+  }
+}
+
+extension HTTP2Connection.Config {
+  /// swift-nio-http2's connection settings for this configuration.
+  var nioConnectionConfiguration: NIOHTTP2Handler.ConnectionConfiguration {
+    var configuration = NIOHTTP2Handler.ConnectionConfiguration()
+    configuration.initialSettings = [
+      HTTP2Setting(parameter: .enablePush, value: 0),
+      HTTP2Setting(
+        parameter: .initialWindowSize,
+        value: min(self.http2.streamWindowSize, Int(Int32.max))
+      ),
+      HTTP2Setting(parameter: .maxFrameSize, value: self.http2.maxFrameSize),
+      HTTP2Setting(parameter: .maxHeaderListSize, value: self.http2.maxHeaderListSize),
+    ]
+    configuration.targetWindowSize = self.http2.connectionWindowSize
+    // Frames for streams this client reset recently are dropped silently; beyond this many they
+    // count as stream errors. Cancellation-heavy loads reset many streams, so keep more (4 B each).
+    configuration.maximumRecentlyResetStreams = 1024
+    // Glitches (stream errors) are counted over the connection's whole life; a long-lived
+    // connection to a server would eventually hit swift-nio-http2's default of 200.
+    configuration.maximumConnectionGlitches = 10_000
+    var controlFrames = NIOHTTP2Handler.ControlFrameRateLimitConfiguration()
+    controlFrames.maximumCount = self.http2.controlFrameRateLimit.maximumCount
+    controlFrames.windowLength = TimeAmount(self.http2.controlFrameRateLimit.window)
+    configuration.controlFrameRateLimit = controlFrames
+    return configuration
+  }
+
+  /// swift-nio-http2's per-stream settings for this configuration.
+  var nioStreamConfiguration: NIOHTTP2Handler.StreamConfiguration {
+    var configuration = NIOHTTP2Handler.StreamConfiguration()
+    configuration.targetWindowSize = self.http2.streamWindowSize
+    var resets = NIOHTTP2Handler.StreamResetFrameRateLimitConfiguration()
+    resets.maximumCount = self.http2.resetFrameRateLimit.maximumCount
+    resets.windowLength = TimeAmount(self.http2.resetFrameRateLimit.window)
+    configuration.streamResetFrameRateLimit = resets
+    var streamErrors = NIOHTTP2Handler.StreamErrorRateLimitConfiguration()
+    streamErrors.maximumCount = resets.maximumCount
+    streamErrors.windowLength = resets.windowLength
+    configuration.streamErrorRateLimit = streamErrors
+    return configuration
   }
 }

@@ -36,8 +36,8 @@ public final class HTTP2Connection: ClientTransport, Sendable {
   /// The retry throttle from the service config, if it has one.
   public let retryThrottle: RetryThrottle?
 
-  private let logger: Logger
-  private let group: MultiThreadedEventLoopGroup
+  let logger: Logger
+  let group: MultiThreadedEventLoopGroup
   private let authority: String
   private let methodConfigs: [MethodConfig.Name: MethodConfig]
   private let state: Locked<StateMachine>
@@ -245,7 +245,7 @@ public final class HTTP2Connection: ClientTransport, Sendable {
 
   // MARK: - Streams and connections
 
-  private func reserveConnection(
+  func reserveConnection(
     waitForReady: Bool,
     timeout: Duration?
   ) async throws -> ActiveConnection {
@@ -320,7 +320,7 @@ public final class HTTP2Connection: ClientTransport, Sendable {
     }
   }
 
-  private func releaseConnection(_ connection: ActiveConnection) {
+  func releaseConnection(_ connection: ActiveConnection) {
     let close = self.state.withLock { $0.release(connection.id) }
     if close {
       connection.channel.close(promise: nil)
@@ -442,162 +442,8 @@ public final class HTTP2Connection: ClientTransport, Sendable {
   }
 
   /// Connects TCP (and TLS) and waits for the server's SETTINGS, within the connect timeout.
-  private func establish(id: UInt64, sslContext: NIOSSLContext?) async throws -> ActiveConnection {
-    let eventLoop = self.group.next()
-    let deadline = NIODeadline.now() + TimeAmount(self.config.connectTimeout)
-    let readyPromise = eventLoop.makePromise(of: NIOLoopBound<ConnectionHandler>.self)
-    let settings = ConnectionHandler.Settings(
-      streamWindowSize: self.config.http2.streamWindowSize,
-      connectionWindowSize: self.config.http2.connectionWindowSize,
-      keepalive: self.config.keepalive,
-      stallDetection: self.config.stallDetection
-    )
-    let connectionConfiguration = self.makeHTTP2ConnectionConfiguration()
-    let streamConfiguration = self.makeHTTP2StreamConfiguration()
-    let serverHostname = self.config.tls?.serverHostname ?? self.target.host
-    let logger = self.logger
-    let onEvent: @Sendable (ConnectionEvent) -> Void = { [weak self] event in
-      self?.handle(event, connectionID: id)
-    }
-
-    let bootstrap = ClientBootstrap(group: eventLoop)
-      .connectTimeout(TimeAmount(self.config.connectTimeout))
-      .channelInitializer { channel in
-        channel.eventLoop.makeCompletedFuture {
-          let sync = channel.pipeline.syncOperations
-          if let sslContext {
-            // SNI must not be an IP address.
-            let sni = serverHostname.flatMap {
-              (try? SocketAddress(ipAddress: $0, port: 0)) == nil ? $0 : nil
-            }
-            try sync.addHandler(NIOSSLClientHandler(context: sslContext, serverHostname: sni))
-          }
-          try sync.addHandler(
-            NIOHTTP2Handler(
-              mode: .client,
-              connectionConfiguration: connectionConfiguration,
-              streamConfiguration: streamConfiguration
-            )
-          )
-          try sync.addHandler(
-            ConnectionHandler(
-              settings: settings,
-              readyPromise: readyPromise,
-              logger: logger,
-              onEvent: onEvent
-            )
-          )
-        }
-      }
-
-    let channel: any Channel
-    do {
-      switch self.target.kind {
-      case .host(let host, let port):
-        channel = try await bootstrap.connect(host: host, port: port).get()
-      case .unixDomainSocket(let path):
-        channel = try await bootstrap.connect(unixDomainSocketPath: path).get()
-      }
-    } catch {
-      readyPromise.fail(error)
-      throw error
-    }
-
-    let timeout = eventLoop.scheduleTask(deadline: deadline) {
-      readyPromise.fail(
-        HTTP2ConnectionError(
-          code: .connectFailed,
-          message:
-            "The server did not complete the TLS/HTTP/2 handshake within the connect timeout."
-        )
-      )
-    }
-    // The handler comes with the SETTINGS, not from the pipeline afterwards: a connection the
-    // server closes right after its SETTINGS has an empty pipeline by then.
-    let handler: NIOLoopBound<ConnectionHandler>
-    do {
-      handler = try await readyPromise.futureResult.get()
-      timeout.cancel()
-    } catch {
-      timeout.cancel()
-      channel.close(promise: nil)
-      throw error
-    }
-
-    return ActiveConnection(
-      id: id,
-      channel: channel,
-      handler: handler,
-      scheme: sslContext == nil ? "http" : "https",
-      streamWindowSize: self.config.http2.streamWindowSize,
-      onRefusedStream: { [weak self] stream in self?.move(stream) }
-    )
-  }
-
-  /// A stream its connection could not open (closed, or draining after a GOAWAY) before
-  /// anything was sent: it goes to the next connection, as grpc's transparent retry does.
-  private func move(_ stream: ClientStream) {
-    Task {
-      let old = stream.connection
-      do {
-        let next = try await self.reserveConnection(waitForReady: false, timeout: stream.timeout)
-        if stream.moved(to: next) {
-          self.releaseConnection(old)
-        } else {
-          // The caller finished meanwhile and gave back `old` itself.
-          self.releaseConnection(next)
-        }
-      } catch {
-        // `old` stays the stream's: the caller gives it back.
-        stream.fail(
-          error as? RPCError
-            ?? RPCError(code: .unavailable, message: "No connection for the RPC.", cause: error)
-        )
-      }
-    }
-  }
-
-  private func makeHTTP2ConnectionConfiguration() -> NIOHTTP2Handler.ConnectionConfiguration {
-    var configuration = NIOHTTP2Handler.ConnectionConfiguration()
-    configuration.initialSettings = [
-      HTTP2Setting(parameter: .enablePush, value: 0),
-      HTTP2Setting(
-        parameter: .initialWindowSize,
-        value: min(self.config.http2.streamWindowSize, Int(Int32.max))
-      ),
-      HTTP2Setting(parameter: .maxFrameSize, value: self.config.http2.maxFrameSize),
-      HTTP2Setting(parameter: .maxHeaderListSize, value: self.config.http2.maxHeaderListSize),
-    ]
-    configuration.targetWindowSize = self.config.http2.connectionWindowSize
-    // Frames for streams this client reset recently are dropped silently; beyond this many they
-    // count as stream errors. Cancellation-heavy loads reset many streams, so keep more (4 B each).
-    configuration.maximumRecentlyResetStreams = 1024
-    // Glitches (stream errors) are counted over the connection's whole life; a long-lived
-    // connection to a server would eventually hit swift-nio-http2's default of 200.
-    configuration.maximumConnectionGlitches = 10_000
-    var controlFrames = NIOHTTP2Handler.ControlFrameRateLimitConfiguration()
-    controlFrames.maximumCount = self.config.http2.controlFrameRateLimit.maximumCount
-    controlFrames.windowLength = TimeAmount(self.config.http2.controlFrameRateLimit.window)
-    configuration.controlFrameRateLimit = controlFrames
-    return configuration
-  }
-
-  private func makeHTTP2StreamConfiguration() -> NIOHTTP2Handler.StreamConfiguration {
-    var configuration = NIOHTTP2Handler.StreamConfiguration()
-    configuration.targetWindowSize = self.config.http2.streamWindowSize
-    var resets = NIOHTTP2Handler.StreamResetFrameRateLimitConfiguration()
-    resets.maximumCount = self.config.http2.resetFrameRateLimit.maximumCount
-    resets.windowLength = TimeAmount(self.config.http2.resetFrameRateLimit.window)
-    configuration.streamResetFrameRateLimit = resets
-    var streamErrors = NIOHTTP2Handler.StreamErrorRateLimitConfiguration()
-    streamErrors.maximumCount = resets.maximumCount
-    streamErrors.windowLength = resets.windowLength
-    configuration.streamErrorRateLimit = streamErrors
-    return configuration
-  }
-
   /// Events from a connection's handler, on its event loop.
-  private func handle(_ event: ConnectionEvent, connectionID: UInt64) {
+  func handle(_ event: ConnectionEvent, connectionID: UInt64) {
     switch event {
     case .draining(let reason):
       self.logger.debug(

@@ -28,7 +28,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
   private struct StreamRecord {
     var machine: ServerStreamStateMachine
     let stream: ServerStream
-    var lastInboundWindow: Int?
+    var window: InboundWindow
     var deadline: Scheduled<Void>?
   }
 
@@ -230,7 +230,11 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         streamWindowSize: self.settings.streamWindowSize
       )
       if headers.endStream { stream.deliver([], end: true) }
-      var record = StreamRecord(machine: machine, stream: stream)
+      var record = StreamRecord(
+        machine: machine,
+        stream: stream,
+        window: InboundWindow(target: self.settings.streamWindowSize)
+      )
       if let timeout {
         record.deadline = context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(timeout)) {
           self.deadlineExpired(id)
@@ -462,31 +466,28 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     guard let window = event.inboundWindowSize else { return }
     if event.streamID == .rootStream {
       let target = self.settings.connectionWindowSize
-      if window <= target / 2 {
-        self.sendWindowUpdate(.rootStream, increment: target - window, context: context)
+      if let increment = InboundWindow.connectionIncrement(window: window, target: target) {
+        self.sendWindowUpdate(.rootStream, increment: increment, context: context)
       }
       return
     }
     guard let index = self.streams.index(forKey: event.streamID) else { return }
-    self.streams.values[index].lastInboundWindow = window
-    let target = self.settings.streamWindowSize
-    guard window <= target / 2 else { return }
     // A handler that does not read keeps its client's window closed: the request data it has
     // not read is bounded by one window.
-    if !self.streams.values[index].stream.isOverBuffered {
-      self.streams.values[index].lastInboundWindow = target
-      self.sendWindowUpdate(event.streamID, increment: target - window, context: context)
+    let readerIsBehind = self.streams.values[index].stream.isOverBuffered
+    if let increment = self.streams.values[index].window.windowChanged(
+      to: window,
+      readerIsBehind: readerIsBehind
+    ) {
+      self.sendWindowUpdate(event.streamID, increment: increment, context: context)
     }
   }
 
   func sendDeferredWindowUpdate(_ id: HTTP2StreamID) {
     guard let context = self.context, let index = self.streams.index(forKey: id),
-      let window = self.streams.values[index].lastInboundWindow
+      let increment = self.streams.values[index].window.readerCaughtUp()
     else { return }
-    let target = self.settings.streamWindowSize
-    guard window < target else { return }
-    self.streams.values[index].lastInboundWindow = target
-    self.sendWindowUpdate(id, increment: target - window, context: context)
+    self.sendWindowUpdate(id, increment: increment, context: context)
   }
 
   private func sendWindowUpdate(
@@ -597,14 +598,5 @@ final class ServerConnectionHandler: ChannelInboundHandler {
       )
     )
     context.writeAndFlush(self.wrapOutboundOut(frame), promise: nil)
-  }
-}
-
-extension ServerStreamStateMachine.ResponsePart {
-  /// What this part counts for in the writer's watermark: a message's bytes and a fixed cost for
-  /// the frame and buffers it needs, so that many tiny messages are bounded too.
-  var bytes: Int {
-    if case .message(let buffer) = self { return buffer.readableBytes + 128 }
-    return 0
   }
 }

@@ -395,3 +395,12 @@ struct ServerStreamOutbound: ClosableRPCWriterProtocol {
     self.stream.finishResponse(error: error)
   }
 }
+
+extension ServerStreamStateMachine.ResponsePart {
+  /// What this part counts for in the writer's watermark: a message's bytes and a fixed cost for
+  /// the frame and buffers it needs, so that many tiny messages are bounded too.
+  var bytes: Int {
+    if case .message(let buffer) = self { return buffer.readableBytes + 128 }
+    return 0
+  }
+}

@@ -1,0 +1,43 @@
+/// When to give a peer more HTTP/2 receive window, the same on both sides of a connection.
+///
+/// A window is topped back up to its target once it falls to half of it, so a peer that sends
+/// steadily never waits for an update. A stream's update waits while its reader is behind (more
+/// than a window of data buffered and unread): that is what bounds what a slow reader buffers.
+/// The handlers write the WINDOW_UPDATE frames; this only decides.
+struct InboundWindow {
+  /// The window the receiver keeps open.
+  let target: Int
+  /// The window as last known here: as NIOHTTP2 reported it, or `target` once topped up.
+  private(set) var current: Int
+
+  init(target: Int) {
+    self.target = target
+    self.current = target
+  }
+
+  /// The connection's window: no reader to wait for. Returns the increment to send, if any.
+  static func connectionIncrement(window: Int, target: Int) -> Int? {
+    window <= target / 2 && window < target ? target - window : nil
+  }
+
+  /// NIOHTTP2 reports the stream's window fell (or rose) to `window`. Returns the increment to
+  /// send now, or `nil` (not low enough yet, or `readerIsBehind`: then ``readerCaughtUp()``
+  /// sends it).
+  mutating func windowChanged(to window: Int, readerIsBehind: Bool) -> Int? {
+    self.current = window
+    guard window <= self.target / 2, !readerIsBehind else { return nil }
+    return self.topUp()
+  }
+
+  /// The stream's reader drained its buffer. Returns the increment held back, if any.
+  mutating func readerCaughtUp() -> Int? {
+    self.topUp()
+  }
+
+  private mutating func topUp() -> Int? {
+    guard self.current < self.target else { return nil }
+    let increment = self.target - self.current
+    self.current = self.target
+    return increment
+  }
+}
