@@ -265,6 +265,7 @@ let package = Package(
       dependencies: [
         "RegistryPrimitives",
         "Etcd",
+        "EtcdRegistry",
         .product(name: "SwiftProtobuf", package: "swift-protobuf"),
       ],
       swiftSettings: strictSettings

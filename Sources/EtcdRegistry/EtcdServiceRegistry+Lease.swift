@@ -10,7 +10,7 @@ extension EtcdServiceRegistry {
       case pending(Task<EtcdLease, any Error>)
     }
     let lookup = try self.state.withLock { state throws(RegistryError) -> Lookup in
-      if state.isShutDown { throw RegistryError.shutDown("register") }
+      if state.lifecycle.isShutDown { throw RegistryError.shutDown("register") }
       if let lease = state.lease { return .ready(lease, state.leaseGeneration) }
       if let pending = state.pendingGrant { return .pending(pending) }
       // The grant serves every register call waiting for a lease, so it belongs to none of them.
@@ -86,7 +86,7 @@ extension EtcdServiceRegistry {
         case recover, wait, stop
       }
       let next: Next = self.state.withLock { state in
-        if state.isShutDown { return .stop }
+        if state.lifecycle.isShutDown { return .stop }
         if let lease = state.lease { return .keepAlive(lease) }
         if !state.registrations.isEmpty && state.pendingGrant == nil { return .recover }
         return .wait
@@ -113,9 +113,9 @@ extension EtcdServiceRegistry {
             lost = true
           }
           // A lease replaced meanwhile (a write found it gone) needs no more renewals.
-          if self.state.withLock({ $0.lease?.id != lease.id || $0.isShutDown }) { break }
+          if self.state.withLock({ $0.lease?.id != lease.id || $0.lifecycle.isShutDown }) { break }
         }
-        if self.state.withLock({ $0.isShutDown }) { return }
+        if self.state.withLock({ $0.lifecycle.isShutDown }) { return }
         if lost { self.leaseLost(lease, reason: "etcd reports it expired or revoked") }
       }
     }
@@ -123,7 +123,7 @@ extension EtcdServiceRegistry {
 
   private func waitForChange() async {
     await self.state.park(at: \.wake) { state in
-      state.isShutDown || state.lease != nil
+      state.lifecycle.isShutDown || state.lease != nil
         || !state.registrations.isEmpty && state.pendingGrant == nil
     }
   }
@@ -142,7 +142,7 @@ extension EtcdServiceRegistry {
     )
     try? await Task.sleep(for: firstDelay)
     while !Task.isCancelled {
-      if self.state.withLock({ $0.isShutDown || $0.registrations.isEmpty }) { return }
+      if self.state.withLock({ $0.lifecycle.isShutDown || $0.registrations.isEmpty }) { return }
       attempt += 1
       self.metrics.recoveryAttempts.increment()
       var leaseUsed: EtcdLease?
@@ -205,7 +205,7 @@ extension EtcdServiceRegistry {
   func repairDeletedKeys() async {
     var failures = 0
     while !Task.isCancelled {
-      if self.state.withLock({ $0.isShutDown }) { return }
+      if self.state.withLock({ $0.lifecycle.isShutDown }) { return }
       do {
         let revision = try await self.reconcile()
         var options = EtcdWatchOptions()
@@ -222,7 +222,7 @@ extension EtcdServiceRegistry {
         }
         return
       } catch {
-        if Task.isCancelled || self.state.withLock({ $0.isShutDown }) { return }
+        if Task.isCancelled || self.state.withLock({ $0.lifecycle.isShutDown }) { return }
         failures += 1
         self.logger.debug(
           "registry repair watch restarting",

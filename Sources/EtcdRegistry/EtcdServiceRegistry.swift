@@ -79,11 +79,8 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
     /// Increases whenever the lease changes, so a write can tell it used a stale lease.
     var leaseGeneration: UInt64 = 0
     var pendingGrant: Task<EtcdLease, any Error>?
-    var isShutDown = false
-    var isRunning = false
-    var shutdownStarted = false
-    /// run() was cancelled: stop without revoking the lease.
-    var abandoned = false
+    /// Whether run() runs (and was cancelled) and whether shutdown began.
+    var lifecycle = RegistryLifecycle()
     /// A lease was lost since the registrations were last all written: the next recovery
     /// restores them (and counts a re-registration).
     var restoreNeeded = false
@@ -135,9 +132,9 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
   /// Runs the etcd client, lease maintenance, key repair and the watch feeds until
   /// ``shutdown()`` or a graceful shutdown of the service group.
   public func run() async throws {
-    self.state.withLock { $0.isRunning = true }
+    self.state.withLock { $0.lifecycle.runStarted() }
     defer {
-      self.state.withLock { $0.isRunning = false }
+      self.state.withLock { $0.lifecycle.runEnded() }
       self.shutdownDone.fire()
     }
     try await withTaskCancellationHandler {
@@ -145,7 +142,7 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
     } onCancel: {
       // Cancelled: stop at once, as a crash would. The lease is not revoked; it expires after
       // its TTL and takes the registrations with it.
-      self.state.withLock { $0.abandoned = true }
+      self.state.withLock { $0.lifecycle.runCancelled() }
       self.shutdownRequested.fire()
     }
   }
@@ -183,7 +180,7 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
     let key = self.keyspace.key(for: instance)
     let value = self.configuration.codec.encode(instance)
     try self.state.withLock { state throws(RegistryError) in
-      if state.isShutDown { throw RegistryError.shutDown("register") }
+      if state.lifecycle.isShutDown { throw RegistryError.shutDown("register") }
       state.registrations[key] = instance
     }
     do {
@@ -223,7 +220,7 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
     try ServiceInstance.validate(serviceName: service)
     let key = self.keyspace.key(service: service, address: address)
     try self.state.withLock { state throws(RegistryError) in
-      if state.isShutDown { throw RegistryError.shutDown("deregister") }
+      if state.lifecycle.isShutDown { throw RegistryError.shutDown("deregister") }
       state.registrations[key] = nil
       state.confirmed.remove(key)
     }
@@ -242,7 +239,7 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
   public func instances(of service: String) async throws -> [ServiceInstance] {
     try ServiceInstance.validate(serviceName: service)
     try self.state.withLock { state throws(RegistryError) in
-      if state.isShutDown { throw RegistryError.shutDown("list instances") }
+      if state.lifecycle.isShutDown { throw RegistryError.shutDown("list instances") }
     }
     do {
       return try await self.list(service).instances
@@ -333,7 +330,7 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
       do {
         try ServiceInstance.validate(serviceName: service)
         let (feed, launch) = try self.state.withLock { state throws(RegistryError) in
-          if state.isShutDown { throw RegistryError.shutDown("watch") }
+          if state.lifecycle.isShutDown { throw RegistryError.shutDown("watch") }
           if let feed = state.feeds[service] { return (feed, false) }
           let feed = ServiceFeed(
             service: service,
@@ -373,7 +370,7 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
   }
 
   public func shutdown() async {
-    let running = self.state.withLock { $0.isRunning }
+    let running = self.state.withLock { $0.lifecycle.isRunning }
     self.shutdownRequested.fire()
     if running {
       // run() performs the shutdown and signals when it has returned.
@@ -385,25 +382,25 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
 
   /// Revokes the lease (bounded by the shutdown timeout), ends the watches and stops the client.
   private func performShutdown() async {
-    let proceed = self.state.withLock { state in
-      defer { state.shutdownStarted = true }
-      return !state.shutdownStarted
-    }
-    guard proceed else { return }
-    let (lease, feeds, wake, abandoned) = self.state.withLock { state in
-      state.isShutDown = true
+    typealias Decided = (
+      RegistryLifecycle.ShutdownAction, EtcdLease?, [ServiceFeed], CheckedContinuation<Void, Never>?
+    )
+    let decided = self.state.withLock { state -> Decided? in
+      guard let action = state.lifecycle.beginShutdown() else { return nil }
       state.confirmed = []
       state.registrations = [:]
       defer {
         for feed in state.feeds.values { feed.metrics.destroy() }
         state.feeds = [:]
       }
-      return (state.lease, Array(state.feeds.values), state.wake.take(), state.abandoned)
+      return (action, state.lease, Array(state.feeds.values), state.wake.take())
     }
+    // A shutdown already under way (run()'s and shutdown()'s both end here) finishes alone.
+    guard let (action, lease, feeds, wake) = decided else { return }
     wake?.resume()
     self.feedLaunches.finish()
     for feed in feeds { feed.stop() }
-    if let lease, abandoned {
+    if let lease, action == .leaveLeaseToExpire {
       self.logger.info(
         "run() cancelled; the registry lease is left to expire",
         metadata: ["etcd.lease": "\(lease.id)"]
