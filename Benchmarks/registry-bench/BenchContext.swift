@@ -24,12 +24,12 @@ struct BenchContext: Sendable {
   func prefix(_ scenario: String) -> String { "\(self.namespace)/\(scenario)-r\(self.run)" }
 
   /// The etcd client configuration for the endpoint under test.
-  var etcd: EtcdClient.Configuration {
+  var etcd: EtcdClient.Config {
     .defaults { $0.endpoints = [self.endpoint] }
   }
 
   /// A registry configuration under `prefix` (default TTL 10 s).
-  func registry(prefix: String) -> EtcdServiceRegistry.Configuration {
+  func registry(prefix: String) -> EtcdServiceRegistry.Config {
     .defaults {
       $0.etcd = self.etcd
       $0.keyPrefix = prefix
@@ -110,13 +110,13 @@ func concurrently(
 /// Runs `count` registries for the duration of `body`, then shuts them all down together.
 func withRegistries<Result: Sendable>(
   _ count: Int,
-  configuration: EtcdServiceRegistry.Configuration,
+  configuration: EtcdServiceRegistry.Config,
   logger: Logger,
   _ body: ([EtcdServiceRegistry]) async throws -> Result
 ) async throws -> Result {
   var registries: [EtcdServiceRegistry] = []
   for _ in 0 ..< count {
-    registries.append(try EtcdServiceRegistry(configuration: configuration, logger: logger))
+    registries.append(try EtcdServiceRegistry(config: configuration, logger: logger))
   }
   return try await withThrowingTaskGroup(of: Void.self) { group in
     for registry in registries {

@@ -205,11 +205,11 @@ enum FleetChild {
       try await Self.serve(count: count)
       return
     }
-    let configuration = EtcdServiceRegistry.Configuration.defaults {
+    let configuration = EtcdServiceRegistry.Config.defaults {
       $0.etcd.endpoints = [endpoint]
       $0.keyPrefix = prefix
     }
-    try await withEtcdServiceRegistry(configuration: configuration, logger: logger) { registry in
+    try await withEtcdServiceRegistry(config: configuration, logger: logger) { registry in
       switch role {
       case "watch":
         try await Self.watch(registry, service: service, count: count)

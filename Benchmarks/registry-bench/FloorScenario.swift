@@ -17,8 +17,8 @@ struct FloorScenario {
 
   func run() async throws -> Metrics {
     let logger = self.context.logger
-    return try await withEtcdClient(configuration: self.context.etcd, logger: logger) { client in
-      try await withEtcdClient(configuration: self.context.etcd, logger: logger) { second in
+    return try await withEtcdClient(config: self.context.etcd, logger: logger) { client in
+      try await withEtcdClient(config: self.context.etcd, logger: logger) { second in
         var metrics = Metrics()
         try await self.puts(client, &metrics)
         try await self.prefixGets(client, &metrics)

@@ -1052,12 +1052,12 @@ enum MemoryChild {
   static let pinnedCalls = 20_000
 
   static func run(role: String, endpoint: String, prefix: String, logger: Logger) async throws {
-    let configuration = EtcdServiceRegistry.Configuration.defaults {
+    let configuration = EtcdServiceRegistry.Config.defaults {
       $0.etcd.endpoints = [endpoint]
       $0.keyPrefix = prefix
     }
     let rss = try await withEtcdServiceRegistry(
-      configuration: configuration,
+      config: configuration,
       logger: logger
     ) { registry -> [Int] in
       switch role {

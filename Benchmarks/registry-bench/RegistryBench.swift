@@ -141,7 +141,7 @@ struct RegistryBench: AsyncParsableCommand {
     let cores = ProcessInfo.processInfo.activeProcessorCount
     let namespace = "/registry-bench/\(UUID().uuidString.prefix(8).lowercased())"
     let etcdVersion = try await withEtcdClient(
-      configuration: .defaults { $0.endpoints = [endpoint] },
+      config: .defaults { $0.endpoints = [endpoint] },
       logger: logger
     ) { client in
       try await client.status().version
@@ -197,7 +197,7 @@ struct RegistryBench: AsyncParsableCommand {
   /// Deletes everything a scenario wrote (its prefix covers every mode's keys).
   private func cleanUp(_ prefix: String, endpoint: String, logger: Logger) async throws {
     try await withEtcdClient(
-      configuration: .defaults { $0.endpoints = [endpoint] },
+      config: .defaults { $0.endpoints = [endpoint] },
       logger: logger
     ) { client in
       _ = try await client.delete(.prefix(prefix))

@@ -105,7 +105,7 @@ struct DemoTLS: Sendable {
 /// Where the demo's registrations live.
 enum Backend: Sendable {
   case memory(InMemoryRegistry)
-  case etcd(EtcdServiceRegistry.Configuration)
+  case etcd(EtcdServiceRegistry.Config)
 
   var ttl: Duration {
     switch self {
@@ -128,7 +128,7 @@ enum Backend: Sendable {
       let leased = LeasedRegistry(base: InMemoryRegistry(sharing: shared), ttl: self.ttl)
       return (leased, { await leased.keepAliveLoop() }, { leased.sever() })
     case .etcd(let configuration):
-      let registry = try EtcdServiceRegistry(configuration: configuration, logger: logger)
+      let registry = try EtcdServiceRegistry(config: configuration, logger: logger)
       // On etcd, cancelling run() (the keep-alive task) is what cuts the server off.
       return (registry, { try await registry.run() }, {})
     }

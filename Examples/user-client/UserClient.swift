@@ -98,11 +98,11 @@ struct UserClient: AsyncParsableCommand {
       throw ValidationError(error.message)
     }
     let endpoints = (self.etcd ?? "").split(separator: ",").map { String($0) }
-    let configuration = EtcdServiceRegistry.Configuration.defaults {
+    let configuration = EtcdServiceRegistry.Config.defaults {
       $0.etcd.endpoints = endpoints
       $0.keyPrefix = self.prefix
     }
-    let summary = try await withEtcdServiceRegistry(configuration: configuration, logger: logger) {
+    let summary = try await withEtcdServiceRegistry(config: configuration, logger: logger) {
       registry in
       let transport = RegistryClientTransport(
         target: target,

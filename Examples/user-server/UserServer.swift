@@ -112,7 +112,7 @@ struct UserServer: AsyncParsableCommand {
       metricsServer = MetricsServer(host: host, port: metricsPort, registry: collectors)
     }
     let registry = try EtcdServiceRegistry(
-      configuration: .defaults {
+      config: .defaults {
         $0.etcd.endpoints = endpoints
         $0.keyPrefix = self.prefix
         $0.leaseTTL = .seconds(self.ttl)

@@ -3,12 +3,12 @@ import GRPCCore
 extension EtcdClient {
   /// Administration of etcd's auth: enough to set up users and roles (tests, bootstrap tools).
   ///
-  /// Normal clients only need ``Configuration/credentials``.
-  public struct AuthAdmin: Sendable {
+  /// Normal clients only need ``Config/credentials``.
+  package struct AuthAdmin: Sendable {
     let client: EtcdClient
 
     /// Adds a user with a password.
-    public func addUser(_ name: String, password: String) async throws {
+    package func addUser(_ name: String, password: String) async throws {
       var request = Etcdserverpb_AuthUserAddRequest()
       request.name = name
       request.password = password
@@ -22,7 +22,7 @@ extension EtcdClient {
     }
 
     /// Adds a role.
-    public func addRole(_ name: String) async throws {
+    package func addRole(_ name: String) async throws {
       var request = Etcdserverpb_AuthRoleAddRequest()
       request.name = name
       _ = try await self.client.unary("role add") { grpc, metadata, options in
@@ -35,7 +35,7 @@ extension EtcdClient {
     }
 
     /// Grants a role read and write permission on a key range.
-    public func grantReadWrite(role: String, on range: EtcdKeyRange) async throws {
+    package func grantReadWrite(role: String, on range: EtcdKeyRange) async throws {
       var permission = Etcdserverpb_Permission()
       permission.permType = .readwrite
       permission.key = .init(range.key)
@@ -53,7 +53,7 @@ extension EtcdClient {
     }
 
     /// Grants a role to a user.
-    public func grantRole(_ role: String, to user: String) async throws {
+    package func grantRole(_ role: String, to user: String) async throws {
       var request = Etcdserverpb_AuthUserGrantRoleRequest()
       request.user = user
       request.role = role
@@ -67,7 +67,7 @@ extension EtcdClient {
     }
 
     /// Turns auth on (a `root` user with the `root` role must exist).
-    public func enable() async throws {
+    package func enable() async throws {
       _ = try await self.client.unary("auth enable") { grpc, metadata, options in
         try await Etcdserverpb_Auth.Client(wrapping: grpc).authEnable(
           Etcdserverpb_AuthEnableRequest(),
@@ -79,5 +79,5 @@ extension EtcdClient {
   }
 
   /// User and role administration.
-  public var authAdmin: AuthAdmin { AuthAdmin(client: self) }
+  package var authAdmin: AuthAdmin { AuthAdmin(client: self) }
 }

@@ -31,7 +31,7 @@ extension EtcdClient {
         throw EtcdError(
           code: .invalidArgument,
           message:
-            "'\(endpoint)' is not one of the client's endpoints (\(self.configuration.endpoints.joined(separator: ", ")))"
+            "'\(endpoint)' is not one of the client's endpoints (\(self.config.endpoints.joined(separator: ", ")))"
         )
       }
       target = match
@@ -40,7 +40,7 @@ extension EtcdClient {
     }
     do {
       let metadata = try await self.auth.metadata(for: self)
-      let deadline = ContinuousClock.now + self.configuration.requestTimeout
+      let deadline = ContinuousClock.now + self.config.requestTimeout
       let response = try await HTTP2Connection.withCallDeadline(deadline) {
         try await Etcdserverpb_Maintenance.Client(wrapping: target.client).status(
           Etcdserverpb_StatusRequest(),

@@ -36,7 +36,7 @@ extension EtcdClient {
   }
 
   /// How many times the client has opened its watch stream (1 while nothing has failed).
-  public var watchStreamsOpened: Int { self.watches.streamsOpened }
+  package var watchStreamsOpened: Int { self.watches.streamsOpened }
 
   /// How many times the client has opened its lease keep-alive stream.
   public var keepAliveStreamsOpened: Int { self.keepAlives.streamsOpened }

@@ -17,7 +17,7 @@ import Synchronization
 /// Run it for its lifetime, either scoped:
 ///
 /// ```swift
-/// try await withEtcdClient(configuration: .defaults, logger: logger) { etcd in
+/// try await withEtcdClient(config: .defaults, logger: logger) { etcd in
 ///   try await etcd.put("/greeting", value: "hello")
 /// }
 /// ```
@@ -32,7 +32,7 @@ import Synchronization
 /// | `etcd_lease_keepalive_duration_seconds` | timer | | from sending a lease renewal to etcd's answer |
 public final class EtcdClient: Service, Sendable {
   /// The configuration the client was made with.
-  public let configuration: Configuration
+  public let config: Config
   let logger: Logger
   let endpoints: [Endpoint]
   private let preferredEndpoint = Atomic<Int>(0)
@@ -44,31 +44,31 @@ public final class EtcdClient: Service, Sendable {
   /// Creates a client. Nothing connects until ``run()``.
   ///
   /// - Parameters:
-  ///   - configuration: Endpoints, TLS, credentials, timeouts.
+  ///   - config: Endpoints, TLS, credentials, timeouts.
   ///   - logger: Receives connection, failover, watch and lease events (info and below).
   ///   - metricsFactory: Where the client's metrics go (see "Metrics" above); by default the
   ///     global `MetricsSystem.factory`.
   /// - Throws: ``EtcdError`` (`invalidArgument`) when an endpoint is not `host:port` or the list
   ///   is empty.
   public init(
-    configuration: Configuration,
+    config: Config,
     logger: Logger,
     metricsFactory: any MetricsFactory = MetricsSystem.factory
   ) throws(EtcdError) {
-    guard !configuration.endpoints.isEmpty else {
+    guard !config.endpoints.isEmpty else {
       throw EtcdError(
         code: .invalidArgument,
         message: "no etcd endpoints configured; pass at least one host:port, such as 127.0.0.1:2379"
       )
     }
-    self.configuration = configuration
+    self.config = config
     self.logger = logger
     var endpoints: [Endpoint] = []
-    for address in configuration.endpoints {
-      endpoints.append(try Endpoint(address: address, configuration: configuration, logger: logger))
+    for address in config.endpoints {
+      endpoints.append(try Endpoint(address: address, configuration: config, logger: logger))
     }
     self.endpoints = endpoints
-    self.auth = AuthTokens(credentials: configuration.credentials)
+    self.auth = AuthTokens(credentials: config.credentials)
     self.watches = WatchMultiplexer(logger: logger)
     self.keepAlives = LeaseKeepAliveLoop(
       logger: logger,
@@ -156,7 +156,7 @@ public final class EtcdClient: Service, Sendable {
   /// Runs one unary request with the deadline, failover, and re-authentication rules.
   ///
   /// A request that fails as `unavailable` (endpoint down, no leader, silent) or takes longer
-  /// than ``Configuration/attemptTimeout`` on one member moves to the next endpoint and is
+  /// than ``Config/attemptTimeout`` on one member moves to the next endpoint and is
   /// tried again until the deadline; an expired auth token is renewed once and the request
   /// tried again.
   func unary<Result: Sendable>(
@@ -166,13 +166,13 @@ public final class EtcdClient: Service, Sendable {
     _ body: (GRPCClient<HTTP2Connection>, Metadata, CallOptions) async throws -> Result
   ) async throws -> Result {
     guard !self.isShutDown else { throw EtcdError.shutDown() }
-    let timeout = timeout ?? self.configuration.requestTimeout
+    let timeout = timeout ?? self.config.requestTimeout
     let deadline = ContinuousClock.now + timeout
     var attempt = 0
     var reauthenticated = false
     while true {
       let (index, endpoint) = self.pickEndpoint()
-      let attemptDeadline = min(deadline, ContinuousClock.now + self.configuration.attemptTimeout)
+      let attemptDeadline = min(deadline, ContinuousClock.now + self.config.attemptTimeout)
       do {
         var metadata = authenticated ? try await self.auth.metadata(for: self) : [:]
         // etcd's require-leader flag: a member without a leader (cut off from its peers, or in
@@ -211,7 +211,7 @@ public final class EtcdClient: Service, Sendable {
           // After trying every endpoint once, back off before the next round.
           if attempt % self.endpoints.count == 0 {
             let delay = min(
-              self.configuration.retryBackoff.delay(attempt: attempt / self.endpoints.count - 1),
+              self.config.retryBackoff.delay(attempt: attempt / self.endpoints.count - 1),
               remaining
             )
             try await Task.sleep(for: delay)
@@ -259,11 +259,11 @@ public final class EtcdClient: Service, Sendable {
 /// Runs an ``EtcdClient`` for the duration of `body` and shuts it down afterwards, whether
 /// `body` returns or throws.
 public func withEtcdClient<Result: Sendable>(
-  configuration: EtcdClient.Configuration,
+  config: EtcdClient.Config,
   logger: Logger,
   _ body: (EtcdClient) async throws -> Result
 ) async throws -> Result {
-  let client = try EtcdClient(configuration: configuration, logger: logger)
+  let client = try EtcdClient(config: config, logger: logger)
   return try await withThrowingTaskGroup(of: Void.self) { group in
     group.addTask { try await client.run() }
     let result: Result
@@ -286,7 +286,7 @@ final class Endpoint: Sendable {
   let connection: HTTP2Connection
   let client: GRPCClient<HTTP2Connection>
 
-  init(address: String, configuration: EtcdClient.Configuration, logger: Logger) throws(EtcdError) {
+  init(address: String, configuration: EtcdClient.Config, logger: Logger) throws(EtcdError) {
     guard let endpoint = HostPort(address) else {
       throw EtcdError(
         code: .invalidArgument,
@@ -299,16 +299,16 @@ final class Endpoint: Sendable {
     config.connectTimeout = configuration.connectTimeout
     config.backoff = .init(
       initial: configuration.retryBackoff.initial,
-      max: configuration.retryBackoff.maximum,
+      maximum: configuration.retryBackoff.maximum,
       multiplier: configuration.retryBackoff.multiplier,
       jitter: configuration.retryBackoff.jitter
     )
-    if let interval = configuration.keepAliveInterval {
+    if let interval = configuration.keepaliveInterval {
       // Only while streams are open: etcd counts pings on a connection without streams
       // against its keep-alive policy, and there is nothing to detect there.
       config.keepalive = .init(
         interval: interval,
-        timeout: configuration.keepAliveTimeout,
+        timeout: configuration.keepaliveTimeout,
         permitWithoutCalls: false
       )
     }

@@ -114,7 +114,7 @@ final class LeaseKeepAliveLoop: Sendable {
         // forward (etcd's require-leader flag).
         metadata.addString("true", forKey: EtcdClient.requireLeaderKey)
         let leases = Etcdserverpb_Lease.Client(wrapping: endpoint.client)
-        let silence = client.configuration.silenceTimeout
+        let silence = client.config.silenceTimeout
         let request = StreamingClientRequest<Etcdserverpb_LeaseKeepAliveRequest>(metadata: metadata)
         {
           writer in
@@ -149,7 +149,7 @@ final class LeaseKeepAliveLoop: Sendable {
           client.failover(from: index)
         }
         do {
-          try await Task.sleep(for: client.configuration.retryBackoff.delay(attempt: failures - 1))
+          try await Task.sleep(for: client.config.retryBackoff.delay(attempt: failures - 1))
         } catch {
           return
         }

@@ -172,7 +172,7 @@ final class WatchMultiplexer: Sendable {
       failures = received.isSet ? 0 : failures + 1
       client.failover(from: index)
       do {
-        try await Task.sleep(for: client.configuration.retryBackoff.delay(attempt: failures))
+        try await Task.sleep(for: client.config.retryBackoff.delay(attempt: failures))
       } catch {
         return
       }

@@ -10,7 +10,7 @@ import Synchronization
 ///
 /// Every cluster, whatever its options, routes its members' peer traffic through relays in the
 /// test process, so any member can be cut off from its peers with
-/// ``EtcdMember/isolateFromPeers()``; ``startProxy()`` adds an `etcd grpc-proxy` in front of the
+/// ``EtcdNode/isolateFromPeers()``; ``startProxy()`` adds an `etcd grpc-proxy` in front of the
 /// members.
 ///
 /// ```swift
@@ -64,7 +64,7 @@ public final class EtcdCluster: Sendable {
   }
 
   /// The members, in order `m0`, `m1`, ...
-  public let members: [EtcdMember]
+  public let members: [EtcdNode]
   /// The options the cluster was started with.
   public let options: Options
   /// The temporary root holding data directories, logs and certificates.
@@ -80,7 +80,7 @@ public final class EtcdCluster: Sendable {
   public var endpoints: [String] { self.members.map(\.endpoint) }
 
   private init(
-    members: [EtcdMember],
+    members: [EtcdNode],
     options: Options,
     root: String,
     certificates: TestCertificates?,
@@ -121,7 +121,7 @@ public final class EtcdCluster: Sendable {
     let members = ports.enumerated().map { index, port in
       let name = "m\(index)"
       let dataDirectory = "\(root)/\(name).etcd"
-      return EtcdMember(
+      return EtcdNode(
         name: name,
         clientPort: port.client,
         peerPort: port.peer,
@@ -190,7 +190,7 @@ public final class EtcdCluster: Sendable {
 
   /// Waits until `member` answers a health check (it has a leader and serves reads).
   public func waitUntilHealthy(
-    _ member: EtcdMember,
+    _ member: EtcdNode,
     within timeout: Duration = .seconds(20)
   ) async throws {
     let deadline = ContinuousClock.now + timeout
@@ -246,7 +246,7 @@ public final class EtcdCluster: Sendable {
   }
 
   /// The current leader, asked of every running member.
-  public func leader() async throws -> EtcdMember {
+  public func leader() async throws -> EtcdNode {
     let running = self.members.filter(\.isRunning)
     // `-w simple` prints one line per endpoint; the fifth column says whether it leads.
     let output = try await self.etcdctlOutput(

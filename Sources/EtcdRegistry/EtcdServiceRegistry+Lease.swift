@@ -134,8 +134,8 @@ extension EtcdServiceRegistry {
   /// lost their leases in the same etcd incident do not all write at the same instant.
   func recover() async {
     var attempt = 0
-    let spread = self.configuration.recoveryBackoff.initial * Double.random(in: 0 ... 10)
-    let firstDelay = min(spread, self.configuration.leaseTTL / 2)
+    let spread = self.config.recoveryBackoff.initial * Double.random(in: 0 ... 10)
+    let firstDelay = min(spread, self.config.leaseTTL / 2)
     self.logger.debug(
       "registry recovery starts",
       metadata: ["registry.first_attempt_in_ms": "\(Int(firstDelay / .milliseconds(1)))"]
@@ -180,7 +180,7 @@ extension EtcdServiceRegistry {
           self.leaseLost(lease, reason: "it vanished during recovery")
         }
         if let error = error as? RegistryError, error.code == .shutdown { return }
-        let delay = self.configuration.recoveryBackoff.delay(attempt: attempt - 1)
+        let delay = self.config.recoveryBackoff.delay(attempt: attempt - 1)
         self.logger.warning(
           "registry recovery attempt failed; retrying",
           metadata: [
@@ -229,7 +229,7 @@ extension EtcdServiceRegistry {
           metadata: ["registry.error": "\(error)"]
         )
         try? await Task.sleep(
-          for: self.configuration.recoveryBackoff.delay(attempt: min(failures - 1, 6))
+          for: self.config.recoveryBackoff.delay(attempt: min(failures - 1, 6))
         )
       }
     }
@@ -277,7 +277,7 @@ extension EtcdServiceRegistry {
     guard let wanted = self.state.withLock({ $0.registrations[key] }) else { return false }
     let result = try await self.client.transaction(
       if: [.version(of: key, .equal, 0)],
-      then: [.put(key, value: self.configuration.codec.encode(wanted), lease: lease.id)]
+      then: [.put(key, value: self.config.codec.encode(wanted), lease: lease.id)]
     )
     guard result.succeeded else { return false }
     // A deregister or register that ran while the restore was in flight may have been
@@ -285,7 +285,7 @@ extension EtcdServiceRegistry {
     let now = self.state.withLock { $0.registrations[key] }
     if now != wanted {
       if let now {
-        try await self.client.put(key, value: self.configuration.codec.encode(now), lease: lease.id)
+        try await self.client.put(key, value: self.config.codec.encode(now), lease: lease.id)
       } else {
         try await self.client.delete(.key(key))
       }
@@ -308,7 +308,7 @@ extension EtcdServiceRegistry {
       if let wanted {
         try await self.client.put(
           key,
-          value: self.configuration.codec.encode(wanted),
+          value: self.config.codec.encode(wanted),
           lease: lease.id
         )
       } else {

@@ -21,7 +21,7 @@ import Darwin
 /// etcd came back wiped, or it was revoked) or one of its keys disappears (deleted by someone
 /// else), the registry grants a new lease and writes its keys again, with jittered exponential
 /// backoff, until it succeeds or shuts down. ``shutdown()`` revokes the lease, so all its keys
-/// vanish in one step, and returns within ``Configuration/shutdownTimeout`` even when etcd is
+/// vanish in one step, and returns within ``Config/shutdownTimeout`` even when etcd is
 /// unreachable.
 ///
 /// Watches of one service share one etcd watch: the service is listed, then followed from the
@@ -54,13 +54,13 @@ import Darwin
 /// Run it for its lifetime, scoped or as a swift-service-lifecycle `Service`:
 ///
 /// ```swift
-/// try await withEtcdServiceRegistry(configuration: .defaults, logger: logger) { registry in
+/// try await withEtcdServiceRegistry(config: .defaults, logger: logger) { registry in
 ///   try await registry.register(ServiceInstance(name: "user-server", address: "10.0.0.7:8082"))
 /// }
 /// ```
 public final class EtcdServiceRegistry: ServiceRegistry, Service {
   /// The configuration the registry was made with.
-  public let configuration: Configuration
+  public let config: Config
   /// The etcd client the registry runs on.
   public let client: EtcdClient
   let keyspace: RegistryKeyspace
@@ -100,24 +100,24 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
   /// - Throws: ``RegistryError`` (`invalidArgument`) for a bad prefix or TTL, or `EtcdError`
   ///   for a bad endpoint.
   public init(
-    configuration: Configuration,
+    config: Config,
     logger: Logger,
     metricsFactory: any MetricsFactory = MetricsSystem.factory
   ) throws {
-    guard configuration.leaseTTL >= .seconds(1) else {
+    guard config.leaseTTL >= .seconds(1) else {
       throw RegistryError(
         code: .invalidArgument,
         message:
-          "lease TTL \(configuration.leaseTTL) is below 1 second; etcd's minimum is about 2 seconds",
+          "lease TTL \(config.leaseTTL) is below 1 second; etcd's minimum is about 2 seconds",
         field: "leaseTTL"
       )
     }
-    self.configuration = configuration
-    self.keyspace = try RegistryKeyspace(prefix: configuration.keyPrefix)
+    self.config = config
+    self.keyspace = try RegistryKeyspace(prefix: config.keyPrefix)
     self.logger = logger
     self.metrics = RegistryMetrics(factory: metricsFactory)
     self.client = try EtcdClient(
-      configuration: configuration.etcd,
+      config: config.etcd,
       logger: logger,
       metricsFactory: metricsFactory
     )
@@ -125,7 +125,7 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
   }
 
   var leaseTTLSeconds: Int64 {
-    let components = self.configuration.leaseTTL.components
+    let components = self.config.leaseTTL.components
     return max(1, components.seconds + (components.attoseconds > 0 ? 1 : 0))
   }
 
@@ -178,7 +178,7 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
   public func register(_ instance: ServiceInstance) async throws {
     try instance.validate()
     let key = self.keyspace.key(for: instance)
-    let value = self.configuration.codec.encode(instance)
+    let value = self.config.codec.encode(instance)
     try self.state.withLock { state throws(RegistryError) in
       if state.lifecycle.isShutDown { throw RegistryError.shutDown("register") }
       state.registrations[key] = instance
@@ -255,7 +255,7 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
     let instances = Locked<[ServiceInstance]>([])
     let header = try await self.client.visitAll(
       .prefix(self.keyspace.servicePrefix(service)),
-      pageSize: self.configuration.listPageSize,
+      pageSize: self.config.listPageSize,
       restart: { instances.withLock { $0.removeAll() } },
       visit: { kv in
         guard let instance = self.decode(kv, service: service, prefix: prefix) else { return }
@@ -304,7 +304,7 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
     )
     do {
       // Every caller has validated `service` (listing and watching check it first).
-      return try self.configuration.codec.decode(
+      return try self.config.codec.decode(
         kv.value,
         service: service,
         address: address,
@@ -407,8 +407,8 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
       )
     } else if let lease {
       do {
-        try await withDeadline(self.configuration.shutdownTimeout) {
-          try await self.client.revokeLease(lease.id, timeout: self.configuration.shutdownTimeout)
+        try await withDeadline(self.config.shutdownTimeout) {
+          try await self.client.revokeLease(lease.id, timeout: self.config.shutdownTimeout)
         }
         self.logger.info("revoked registry lease", metadata: ["etcd.lease": "\(lease.id)"])
       } catch {
@@ -443,13 +443,13 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
 /// Runs an ``EtcdServiceRegistry`` for the duration of `body`, then shuts it down (revoking its
 /// lease, so its registrations vanish at once).
 public func withEtcdServiceRegistry<Result: Sendable>(
-  configuration: EtcdServiceRegistry.Configuration,
+  config: EtcdServiceRegistry.Config,
   logger: Logger,
   metricsFactory: any MetricsFactory = MetricsSystem.factory,
   _ body: (EtcdServiceRegistry) async throws -> Result
 ) async throws -> Result {
   let registry = try EtcdServiceRegistry(
-    configuration: configuration,
+    config: config,
     logger: logger,
     metricsFactory: metricsFactory
   )

@@ -118,7 +118,7 @@ final class ServiceFeed: Sendable {
         if Task.isCancelled { return }
         failures += 1
         self.metrics.restarts.increment()
-        let delay = registry.configuration.recoveryBackoff.delay(attempt: min(failures - 1, 6))
+        let delay = registry.config.recoveryBackoff.delay(attempt: min(failures - 1, 6))
         logger.warning(
           "service watch failed; listing again",
           metadata: [

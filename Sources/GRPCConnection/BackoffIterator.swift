@@ -13,7 +13,7 @@ struct BackoffIterator {
   }
 
   mutating func next() -> Duration {
-    let maxSeconds = Self.seconds(self.policy.max)
+    let maxSeconds = Self.seconds(self.policy.maximum)
     let base: Double
     if let current = self.current {
       base = min(current * self.policy.multiplier, maxSeconds)

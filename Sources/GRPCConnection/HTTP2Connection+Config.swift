@@ -89,23 +89,23 @@ extension HTTP2Connection {
     /// The delay after the first failed attempt.
     public var initial: Duration
     /// The largest delay.
-    public var max: Duration
+    public var maximum: Duration
     /// The factor applied to the delay after each failed attempt.
     public var multiplier: Double
     /// The random spread applied to each delay, as a fraction of it (0.2 means ±20 %).
     public var jitter: Double
 
     /// Creates a backoff policy.
-    public init(initial: Duration, max: Duration, multiplier: Double, jitter: Double) {
+    public init(initial: Duration, maximum: Duration, multiplier: Double, jitter: Double) {
       self.initial = initial
-      self.max = max
+      self.maximum = maximum
       self.multiplier = multiplier
       self.jitter = jitter
     }
 
     /// 1 s initial, 120 s max, ×1.6, ±20 % (grpc's defaults).
     public static var defaults: Self {
-      Self(initial: .seconds(1), max: .seconds(120), multiplier: 1.6, jitter: 0.2)
+      Self(initial: .seconds(1), maximum: .seconds(120), multiplier: 1.6, jitter: 0.2)
     }
   }
 

@@ -1,4 +1,4 @@
-public import NIOCore
+package import NIOCore
 import NIOHTTP2
 
 /// Answers a peer's HTTP/2 PINGs that follow real traffic itself, in front of `NIOHTTP2Handler`,
@@ -28,10 +28,10 @@ import NIOHTTP2
 ///
 /// Add it directly before `NIOHTTP2Handler` (after any TLS handler) on a server connection, before
 /// the connection reads its first byte: ``install(in:)``.
-public final class TrafficPingResponder: ChannelInboundHandler {
-  public typealias InboundIn = ByteBuffer
-  public typealias InboundOut = ByteBuffer
-  public typealias OutboundOut = IOData
+package final class TrafficPingResponder: ChannelInboundHandler {
+  package typealias InboundIn = ByteBuffer
+  package typealias InboundOut = ByteBuffer
+  package typealias OutboundOut = IOData
 
   /// The client's connection preface ("PRI * HTTP/2.0…"), which precedes its first frame.
   private static let prefaceLength = 24
@@ -47,19 +47,19 @@ public final class TrafficPingResponder: ChannelInboundHandler {
   private var sawTraffic = false
   private var wroteAcks = false
 
-  public init() {}
+  package init() {}
 
   /// Adds a responder directly before the pipeline's `NIOHTTP2Handler`. Call it on the channel's
   /// event loop, before the channel reads (for a grpc-swift server, from the transport's
   /// `onAcceptTCPConnection` callback, which runs there after the pipeline is built).
   /// Does nothing if the pipeline has one already.
-  public static func install(in pipeline: ChannelPipeline.SynchronousOperations) throws {
+  package static func install(in pipeline: ChannelPipeline.SynchronousOperations) throws {
     if (try? pipeline.handler(type: TrafficPingResponder.self)) != nil { return }
     let http2 = try pipeline.handler(type: NIOHTTP2Handler.self)
     try pipeline.addHandler(TrafficPingResponder(), position: .before(http2))
   }
 
-  public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+  package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
     var input = self.unwrapInboundIn(data)
     // Complete a held header or PING with at most the bytes it can need from this read (the rest
     // of the read is scanned, and passed on, as it is, without copying it). Each round takes at
@@ -150,7 +150,7 @@ public final class TrafficPingResponder: ChannelInboundHandler {
     self.partial = copy
   }
 
-  public func channelReadComplete(context: ChannelHandlerContext) {
+  package func channelReadComplete(context: ChannelHandlerContext) {
     if self.wroteAcks {
       self.wroteAcks = false
       context.flush()

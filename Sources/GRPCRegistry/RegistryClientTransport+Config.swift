@@ -108,7 +108,7 @@ extension RegistryClientTransport {
         resolutionTimeout: .seconds(10),
         registryBackoff: HTTP2Connection.Backoff(
           initial: .milliseconds(100),
-          max: .seconds(5),
+          maximum: .seconds(5),
           multiplier: 1.6,
           jitter: 0.2
         ),
@@ -176,7 +176,7 @@ extension RegistryClientTransport {
         $0.stallDetection = HTTP2Connection.StallDetection()
         $0.backoff = HTTP2Connection.Backoff(
           initial: .milliseconds(100),
-          max: .seconds(5),
+          maximum: .seconds(5),
           multiplier: 1.6,
           jitter: 0.2
         )

@@ -432,7 +432,7 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
       } catch {
         return
       }
-      delay = min(delay * backoff.multiplier, backoff.max)
+      delay = min(delay * backoff.multiplier, backoff.maximum)
     }
   }
 

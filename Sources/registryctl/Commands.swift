@@ -172,7 +172,7 @@ struct Watch: AsyncParsableCommand {
   func run() async throws {
     do {
       try await withEtcdServiceRegistry(
-        configuration: self.connection.registryConfiguration(),
+        config: self.connection.registryConfiguration(),
         logger: self.connection.logger
       ) { registry in
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -271,7 +271,7 @@ struct Register: AsyncParsableCommand {
   func run() async throws {
     do {
       try await withEtcdServiceRegistry(
-        configuration: self.connection.registryConfiguration(ttl: self.ttl),
+        config: self.connection.registryConfiguration(ttl: self.ttl),
         logger: self.connection.logger
       ) { registry in
         try await registry.register(self.instance)

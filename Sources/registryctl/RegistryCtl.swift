@@ -246,7 +246,7 @@ struct ConnectionOptions: ParsableArguments {
     return failure
   }
 
-  var etcdConfiguration: EtcdClient.Configuration {
+  var etcdConfiguration: EtcdClient.Config {
     .defaults {
       $0.endpoints = self.etcdEndpoints
       $0.requestTimeout = .milliseconds(Int(self.timeout * 1000))
@@ -275,7 +275,7 @@ struct ConnectionOptions: ParsableArguments {
     return logger
   }
 
-  func registryConfiguration(ttl: Int = 10) -> EtcdServiceRegistry.Configuration {
+  func registryConfiguration(ttl: Int = 10) -> EtcdServiceRegistry.Config {
     .defaults {
       $0.etcd = self.etcdConfiguration
       $0.keyPrefix = self.keyPrefix
@@ -288,7 +288,7 @@ struct ConnectionOptions: ParsableArguments {
   func withClient<T: Sendable>(_ body: (EtcdClient) async throws -> T) async throws -> T {
     do {
       return try await withEtcdClient(
-        configuration: self.etcdConfiguration,
+        config: self.etcdConfiguration,
         logger: self.logger,
         body
       )

@@ -140,7 +140,7 @@ struct EtcdKVTests {
   func unreachable() async throws {
     let port = try await withEtcdCluster { cluster in cluster.members[0].clientPort }
     try await withEtcdClient(
-      configuration: .defaults {
+      config: .defaults {
         $0.endpoints = ["127.0.0.1:\(port)"]
         $0.requestTimeout = .milliseconds(800)
       },
@@ -157,7 +157,7 @@ struct EtcdKVTests {
     for endpoints in [[], ["http://127.0.0.1:2379"], ["127.0.0.1"], ["127.0.0.1:0"]] {
       #expect(throws: EtcdError.self) {
         _ = try EtcdClient(
-          configuration: .defaults { $0.endpoints = endpoints },
+          config: .defaults { $0.endpoints = endpoints },
           logger: testLogger("x")
         )
       }

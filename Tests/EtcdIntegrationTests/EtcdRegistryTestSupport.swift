@@ -34,10 +34,10 @@ final class RunningRegistry: Sendable {
     prefix: String,
     metricsFactory: any MetricsFactory = MetricsSystem.factory,
     logger: Logger = testLogger("registry"),
-    configure: (inout EtcdServiceRegistry.Configuration) -> Void = { _ in }
+    configure: (inout EtcdServiceRegistry.Config) -> Void = { _ in }
   ) throws {
     let registry = try EtcdServiceRegistry(
-      configuration: .defaults {
+      config: .defaults {
         $0.etcd = .testing(cluster)
         $0.keyPrefix = prefix
         $0.leaseTTL = .seconds(2)

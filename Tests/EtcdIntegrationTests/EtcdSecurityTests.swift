@@ -34,7 +34,7 @@ struct EtcdSecurityTests {
     try await withEtcdCluster(.defaults { $0.tls = true }) { cluster in
       let rogue = try await TestCertificates.generate(in: cluster.root + "/rogue", name: "rogue")
       try await withEtcdClient(
-        configuration: .testing(cluster) {
+        config: .testing(cluster) {
           $0.tls = .init(caCertificatePath: rogue.caCertificate)
           $0.requestTimeout = .seconds(2)
         },
@@ -59,7 +59,7 @@ struct EtcdSecurityTests {
   func plainAgainstTLS() async throws {
     try await withEtcdCluster(.defaults { $0.tls = true }) { cluster in
       try await withEtcdClient(
-        configuration: .defaults {
+        config: .defaults {
           $0.endpoints = cluster.endpoints
           $0.requestTimeout = .seconds(2)
         },
@@ -77,7 +77,7 @@ struct EtcdSecurityTests {
   )
   func auth() async throws {
     try await withEtcdCluster { cluster in
-      try await withEtcdClient(configuration: .testing(cluster), logger: testLogger("admin")) {
+      try await withEtcdClient(config: .testing(cluster), logger: testLogger("admin")) {
         admin in
         try await admin.authAdmin.addUser("root", password: "root-pw")
         try await admin.authAdmin.addRole("root")
@@ -89,7 +89,7 @@ struct EtcdSecurityTests {
         try await admin.authAdmin.enable()
       }
       try await withEtcdClient(
-        configuration: .testing(cluster) {
+        config: .testing(cluster) {
           $0.credentials = .init(username: "registry", password: "registry-pw")
         },
         logger: testLogger("registry-user")
@@ -105,7 +105,7 @@ struct EtcdSecurityTests {
         await expectEtcdError(.permissionDenied) { try await etcd.get("/elsewhere") }
       }
       try await withEtcdClient(
-        configuration: .testing(cluster) {
+        config: .testing(cluster) {
           $0.credentials = .init(username: "registry", password: "wrong")
         },
         logger: testLogger("wrong-password")
@@ -124,7 +124,7 @@ struct EtcdSecurityTests {
       try await cluster.enableAuth(rootPassword: "pw")
       let logs = LogCapture()
       try await withEtcdClient(
-        configuration: .testing(cluster) {
+        config: .testing(cluster) {
           $0.credentials = .init(username: "root", password: "pw")
         },
         logger: logs.logger(label: "token-expiry", level: .debug)

@@ -18,12 +18,12 @@ func uniquePrefix(_ name: String = "test") -> String {
   "/\(name)-\(UUID().uuidString.prefix(8))/"
 }
 
-extension EtcdClient.Configuration {
+extension EtcdClient.Config {
   /// A configuration for the cluster's endpoints (TLS filled in when the cluster uses it).
   static func testing(
     _ cluster: EtcdCluster,
-    _ configure: (inout EtcdClient.Configuration) -> Void = { _ in }
-  ) -> EtcdClient.Configuration {
+    _ configure: (inout EtcdClient.Config) -> Void = { _ in }
+  ) -> EtcdClient.Config {
     .defaults {
       $0.endpoints = cluster.endpoints
       if let certificates = cluster.certificates {
@@ -42,12 +42,12 @@ extension EtcdClient.Configuration {
 /// Starts etcd and a client on it for the duration of `body`.
 func withEtcdClient<T: Sendable>(
   cluster options: EtcdCluster.Options = .defaults,
-  configure: (inout EtcdClient.Configuration) -> Void = { _ in },
+  configure: (inout EtcdClient.Config) -> Void = { _ in },
   _ body: (EtcdClient, EtcdCluster) async throws -> T
 ) async throws -> T {
   try await withEtcdCluster(options) { cluster in
     try await withEtcdClient(
-      configuration: .testing(cluster, configure),
+      config: .testing(cluster, configure),
       logger: testLogger("etcd-client")
     ) { client in
       try await body(client, cluster)

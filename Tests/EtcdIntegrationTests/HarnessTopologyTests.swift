@@ -230,7 +230,7 @@ private func put(
   _ key: String,
   _ value: String,
   _ etcd: EtcdCluster,
-  _ members: [EtcdMember]
+  _ members: [EtcdNode]
 ) async throws {
   try await waitUntil("\(key) is written", within: .seconds(10), pollEvery: .milliseconds(100)) {
     (try? await etcd.etcdctl(
@@ -244,13 +244,13 @@ private func put(
 private func linearizableValue(
   _ key: String,
   _ etcd: EtcdCluster,
-  _ member: EtcdMember
+  _ member: EtcdNode
 ) async -> String? {
   try? await value(key, etcd, member.endpoint)
 }
 
 /// The leader id `member` reports in `endpoint status` (0 when it has none).
-private func reportedLeader(_ etcd: EtcdCluster, _ member: EtcdMember) async throws -> UInt64 {
+private func reportedLeader(_ etcd: EtcdCluster, _ member: EtcdNode) async throws -> UInt64 {
   let output = try await etcd.etcdctl(
     ["endpoint", "status", "-w", "json", "--command-timeout=1s"],
     endpoints: [member.adminEndpoint]

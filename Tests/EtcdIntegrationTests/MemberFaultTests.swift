@@ -21,14 +21,14 @@ enum MemberFault: String, CaseIterable, CustomTestStringConvertible, Sendable {
 
   var testDescription: String { self.rawValue }
 
-  func apply(to member: EtcdHarness.EtcdMember) async throws {
+  func apply(to member: EtcdHarness.EtcdNode) async throws {
     switch self {
     case .frozen: member.pause()
     case .cutOffFromPeers: try await member.isolateFromPeers()
     }
   }
 
-  func heal(_ member: EtcdHarness.EtcdMember) {
+  func heal(_ member: EtcdHarness.EtcdNode) {
     switch self {
     case .frozen: member.resume()
     case .cutOffFromPeers: member.rejoinPeers()

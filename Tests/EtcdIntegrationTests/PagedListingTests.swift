@@ -14,7 +14,7 @@ struct PagedListingTests {
   )
   func consistentWhileWriting() async throws {
     let cluster = try await SharedEtcd.get()
-    try await withEtcdClient(configuration: .testing(cluster), logger: testLogger("etcd")) { etcd in
+    try await withEtcdClient(config: .testing(cluster), logger: testLogger("etcd")) { etcd in
       let prefix = uniquePrefix("pages")
       for index in 0 ..< 120 {
         try await etcd.put("\(prefix)\(String(format: "%04d", index))", value: "v\(index)")
@@ -58,7 +58,7 @@ struct PagedListingTests {
   @Test("a range over the 4 MiB response cap: get says to page, getAll pages with smaller pages")
   func overTheCap() async throws {
     let cluster = try await SharedEtcd.get()
-    try await withEtcdClient(configuration: .testing(cluster), logger: testLogger("etcd")) { etcd in
+    try await withEtcdClient(config: .testing(cluster), logger: testLogger("etcd")) { etcd in
       let prefix = uniquePrefix("big")
       let value = String(repeating: "x", count: 200_000)
       for index in 0 ..< 24 {

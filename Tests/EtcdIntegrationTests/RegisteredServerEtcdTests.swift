@@ -104,7 +104,7 @@ struct EtcdRegistryCancellationTests {
   func cancelledRun() async throws {
     let cluster = try await SharedEtcd.get()
     let registry = try EtcdServiceRegistry(
-      configuration: .defaults {
+      config: .defaults {
         $0.etcd = .testing(cluster)
         $0.keyPrefix = uniquePrefix("cancel")
         $0.leaseTTL = .seconds(2)
@@ -114,7 +114,7 @@ struct EtcdRegistryCancellationTests {
     let task = Task { try await registry.run() }
     let instance = ServiceInstance(name: "svc", address: "10.0.0.9:80")
     try await registry.register(instance)
-    let watcher = try RunningRegistry(cluster, prefix: registry.configuration.keyPrefix)
+    let watcher = try RunningRegistry(cluster, prefix: registry.config.keyPrefix)
     #expect(try await watcher.registry.instances(of: "svc") == [instance])
 
     let start = ContinuousClock.now
@@ -137,7 +137,7 @@ struct EtcdRegistryServiceGroupTests {
     let cluster = try await SharedEtcd.get()
     let prefix = uniquePrefix("group")
     let registry = try EtcdServiceRegistry(
-      configuration: .defaults {
+      config: .defaults {
         $0.etcd = .testing(cluster)
         $0.keyPrefix = prefix
         $0.leaseTTL = .seconds(30)

@@ -9,7 +9,7 @@ struct HTTP2ConnectionLifecycleTests {
   private static let fastBackoff = HTTP2Connection.Config.defaults {
     $0.backoff = .init(
       initial: .milliseconds(50),
-      max: .milliseconds(200),
+      maximum: .milliseconds(200),
       multiplier: 1.6,
       jitter: 0.2
     )

@@ -58,7 +58,7 @@ private func gettingStarted(logger: Logger) async throws -> String {
 @Sendable
 private func productionServer(logger: Logger) async throws {
   let registry = try EtcdServiceRegistry(
-    configuration: .defaults {
+    config: .defaults {
       $0.etcd.endpoints = ["10.0.0.2:2379", "10.0.0.3:2379", "10.0.0.4:2379"]
       $0.leaseTTL = .seconds(10)
     },

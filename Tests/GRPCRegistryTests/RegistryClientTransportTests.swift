@@ -394,7 +394,7 @@ struct RegistryClientTransportTests {
     let config = RegistryClientTransport.Config.defaults {
       $0.registryBackoff = HTTP2Connection.Backoff(
         initial: .milliseconds(10),
-        max: .milliseconds(40),
+        maximum: .milliseconds(40),
         multiplier: 2,
         jitter: 0
       )

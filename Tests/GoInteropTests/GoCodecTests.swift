@@ -519,12 +519,12 @@ struct GoCodecTests {
             throw GoInteropError("etcd has no member")
           }
           let prefix = "/go-naming-\(UUID().uuidString.prefix(8))"
-          let configuration = EtcdServiceRegistry.Configuration.defaults {
+          let configuration = EtcdServiceRegistry.Config.defaults {
             $0.etcd = .defaults { $0.endpoints = cluster.endpoints }
             $0.keyPrefix = prefix
             $0.codec = .etcdNaming
           }
-          try await withEtcdServiceRegistry(configuration: configuration, logger: testLogger()) {
+          try await withEtcdServiceRegistry(config: configuration, logger: testLogger()) {
             registry in
             let instances = [first.address, second.address].enumerated().map { index, address in
               ServiceInstance(

@@ -3,9 +3,9 @@ public import RegistryCore
 
 extension EtcdServiceRegistry {
   /// How the registry talks to etcd and keeps its registrations.
-  public struct Configuration: Sendable {
+  public struct Config: Sendable {
     /// The etcd client's configuration (endpoints, TLS, credentials, timeouts).
-    public var etcd: EtcdClient.Configuration
+    public var etcd: EtcdClient.Config
     /// The key prefix, `/micro` by default: keys are `<prefix>/<service>/<address>`.
     public var keyPrefix: String
     /// How instances are written and read; the Go design's JSON by default.
@@ -52,7 +52,7 @@ extension EtcdServiceRegistry {
 
     /// Creates a configuration.
     public init(
-      etcd: EtcdClient.Configuration,
+      etcd: EtcdClient.Config,
       keyPrefix: String,
       codec: InstanceCodec,
       leaseTTL: Duration,

@@ -2,12 +2,12 @@ extension EtcdClient {
   /// How an ``EtcdClient`` connects: endpoints, timeouts, TLS and credentials.
   ///
   /// ```swift
-  /// let configuration = EtcdClient.Configuration.defaults {
+  /// let configuration = EtcdClient.Config.defaults {
   ///   $0.endpoints = ["10.0.0.1:2379", "10.0.0.2:2379", "10.0.0.3:2379"]
   ///   $0.credentials = .init(username: "registry", password: secret)
   /// }
   /// ```
-  public struct Configuration: Sendable {
+  public struct Config: Sendable {
     /// The members to talk to, `host:port` each. The client uses one at a time and fails over to
     /// the next when it is down or has no leader.
     public var endpoints: [String]
@@ -23,10 +23,10 @@ extension EtcdClient {
     /// HTTP/2 keep-alive pings on connections whose streams (watches) have been quiet this long,
     /// so a member that stopped answering is noticed; `nil` for none. etcd refuses pings more
     /// frequent than its `--grpc-keepalive-min-time` (5 s by default) with GOAWAY.
-    public var keepAliveInterval: Duration?
+    public var keepaliveInterval: Duration?
     /// How long a keep-alive ping may go unanswered before the connection is closed and its
     /// streams move to the next endpoint.
-    public var keepAliveTimeout: Duration
+    public var keepaliveTimeout: Duration
     /// How long a member may leave a request unanswered, with no other sign of life on its
     /// connection, before the client treats it as down.
     ///
@@ -53,8 +53,8 @@ extension EtcdClient {
         connectTimeout: .seconds(2),
         requestTimeout: .seconds(5),
         attemptTimeout: .seconds(2),
-        keepAliveInterval: .seconds(5),
-        keepAliveTimeout: .seconds(2),
+        keepaliveInterval: .seconds(5),
+        keepaliveTimeout: .seconds(2),
         silenceTimeout: .milliseconds(1500),
         tls: nil,
         credentials: nil,
@@ -75,8 +75,8 @@ extension EtcdClient {
       connectTimeout: Duration,
       requestTimeout: Duration,
       attemptTimeout: Duration = .seconds(2),
-      keepAliveInterval: Duration?,
-      keepAliveTimeout: Duration,
+      keepaliveInterval: Duration?,
+      keepaliveTimeout: Duration,
       silenceTimeout: Duration = .milliseconds(1500),
       tls: TLS?,
       credentials: Credentials?,
@@ -86,8 +86,8 @@ extension EtcdClient {
       self.connectTimeout = connectTimeout
       self.requestTimeout = requestTimeout
       self.attemptTimeout = attemptTimeout
-      self.keepAliveInterval = keepAliveInterval
-      self.keepAliveTimeout = keepAliveTimeout
+      self.keepaliveInterval = keepaliveInterval
+      self.keepaliveTimeout = keepaliveTimeout
       self.silenceTimeout = silenceTimeout
       self.tls = tls
       self.credentials = credentials

@@ -7,7 +7,7 @@ import Synchronization
 /// A member can be stopped gracefully, killed with SIGKILL, paused with SIGSTOP, restarted on the
 /// same ports with its data kept or wiped, and cut off from its peers while its clients still
 /// reach it (``isolateFromPeers()``).
-public final class EtcdMember: Sendable {
+public final class EtcdNode: Sendable {
   /// The member's name in the cluster (`m0`, `m1`, ...).
   public let name: String
   /// The client port on 127.0.0.1.
