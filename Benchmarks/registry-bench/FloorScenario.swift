@@ -59,7 +59,7 @@ struct FloorScenario {
 
     // The same with a lease, as the registry writes: one key, so the lease never holds more
     // than one (etcd 3.4 copies a lease's keys on every put with it).
-    let lease = try await client.grantLease(ttl: 60)
+    let lease = try await client.grantLease(ttl: .seconds(60))
     var leased: [Duration] = []
     let leasePhase = self.context.phase()
     while leased.count < 2000, leasePhase.isOpen {

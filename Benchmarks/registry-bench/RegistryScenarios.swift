@@ -92,7 +92,7 @@ enum RegistryScenarios {
         guard await arrivals.wait("snapshot", timeout: .seconds(10)) != nil else {
           throw BenchError("the watch of \(service) yielded no first snapshot in 10 s")
         }
-        let lease = try await writer.client.grantLease(ttl: 30)
+        let lease = try await writer.client.grantLease(ttl: .seconds(30))
         let registryMode = Trials.Mode(name: "registry") {
           let instance = benchInstance(service: service, index: $0)
           try await writer.register(instance)

@@ -1,15 +1,20 @@
 import GRPCCore
 
 extension EtcdClient {
-  /// Grants a lease of `ttl` seconds (etcd's minimum is about 2 s; shorter TTLs are raised).
+  /// Grants a lease (etcd's minimum TTL is about 2 s; shorter TTLs are raised).
   ///
-  /// - Parameter id: A lease id to ask for, or 0 to let etcd choose.
-  public func grantLease(ttl: Int64, id: Int64 = 0) async throws -> EtcdLease {
-    guard ttl > 0 else {
-      throw EtcdError(code: .invalidArgument, message: "lease ttl \(ttl) must be at least 1 second")
+  /// - Parameters:
+  ///   - ttl: The time to live, in whole seconds (a fraction is rounded up); at least 1 s.
+  ///   - id: A lease ID to ask for, or 0 to let etcd choose.
+  public func grantLease(ttl: Duration, id: EtcdLease.ID = 0) async throws -> EtcdLease {
+    guard ttl >= .seconds(1) else {
+      throw EtcdError(
+        code: .invalidArgument,
+        message: "lease TTL \(ttl) is below 1 second; etcd grants whole seconds, about 2 at least"
+      )
     }
     var request = Etcdserverpb_LeaseGrantRequest()
-    request.ttl = ttl
+    request.ttl = Self.wholeSeconds(ttl)
     request.id = id
     let response = try await self.unary("lease grant") { grpc, metadata, options in
       try await Etcdserverpb_Lease.Client(wrapping: grpc).leaseGrant(
@@ -21,13 +26,19 @@ extension EtcdClient {
     guard response.error.isEmpty else {
       throw EtcdError(code: .invalidArgument, message: "lease grant refused: \(response.error)")
     }
-    return EtcdLease(id: response.id, ttl: response.ttl)
+    return EtcdLease(id: response.id, ttl: .seconds(response.ttl))
+  }
+
+  /// `duration` in whole seconds, a fraction rounded up.
+  static func wholeSeconds(_ duration: Duration) -> Int64 {
+    let (seconds, attoseconds) = duration.components
+    return seconds + (attoseconds > 0 ? 1 : 0)
   }
 
   /// Revokes a lease: every key attached to it is deleted in one step.
   ///
   /// - Throws: ``EtcdError`` with code `leaseNotFound` when the lease no longer exists.
-  public func revokeLease(_ id: Int64, timeout: Duration? = nil) async throws {
+  public func revokeLease(_ id: EtcdLease.ID, timeout: Duration? = nil) async throws {
     var request = Etcdserverpb_LeaseRevokeRequest()
     request.id = id
     _ = try await self.unary("lease revoke", timeout: timeout) { grpc, metadata, options in
@@ -39,8 +50,9 @@ extension EtcdClient {
     }
   }
 
-  /// What etcd knows of a lease: time left (-1 when it is gone) and, optionally, its keys.
-  public func leaseInfo(_ id: Int64, keys: Bool = false) async throws -> EtcdLeaseInfo {
+  /// What etcd knows of a lease: the time it has left (`nil` when it is gone) and, optionally,
+  /// its keys.
+  public func leaseInfo(_ id: EtcdLease.ID, keys: Bool = false) async throws -> EtcdLeaseInfo {
     var request = Etcdserverpb_LeaseTimeToLiveRequest()
     request.id = id
     request.keys = keys
@@ -53,8 +65,8 @@ extension EtcdClient {
     }
     return EtcdLeaseInfo(
       id: response.id,
-      ttl: response.ttl,
-      grantedTTL: response.grantedTtl,
+      ttl: response.ttl < 0 ? nil : .seconds(response.ttl),
+      grantedTTL: .seconds(response.grantedTtl),
       keys: response.keys.map { Array($0) }
     )
   }
@@ -92,8 +104,8 @@ extension EtcdClient {
 
 /// What happened to a lease being kept alive.
 public enum EtcdLeaseKeepAliveEvent: Hashable, Sendable {
-  /// etcd renewed the lease; it now has `ttl` seconds to live.
-  case renewed(ttl: Int64)
+  /// etcd renewed the lease; it now has `ttl` to live.
+  case renewed(ttl: Duration)
   /// No renewal succeeded for a whole TTL (etcd unreachable); renewals go on.
   case overdue
   /// etcd reports the lease gone (TTL 0): it expired or was revoked. The sequence ends.

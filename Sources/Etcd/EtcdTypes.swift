@@ -225,21 +225,28 @@ public struct EtcdDeleteResult: Hashable, Sendable {
 }
 
 /// A granted lease.
+///
+/// Operations on a lease name it by its ``ID``, as etcd does (a key's lease, a lease revoked or
+/// looked up); ``EtcdClient/keepAlive(_:)`` takes the granted lease itself, because its TTL paces
+/// the renewals.
 public struct EtcdLease: Hashable, Sendable {
-  /// The lease id, to attach keys to.
-  public var id: Int64
-  /// The time to live etcd granted, in seconds.
-  public var ttl: Int64
+  /// etcd's lease ID.
+  public typealias ID = Int64
+
+  /// The lease ID, to attach keys to.
+  public var id: ID
+  /// The time to live etcd granted (whole seconds).
+  public var ttl: Duration
 }
 
 /// What etcd knows of a lease.
 public struct EtcdLeaseInfo: Hashable, Sendable {
-  /// The lease id.
-  public var id: Int64
-  /// Seconds left; -1 when the lease does not exist (expired or revoked).
-  public var ttl: Int64
+  /// The lease ID.
+  public var id: EtcdLease.ID
+  /// The time it has left (whole seconds); `nil` when it does not exist (expired or revoked).
+  public var ttl: Duration?
   /// The time to live it was granted with.
-  public var grantedTTL: Int64
+  public var grantedTTL: Duration
   /// The keys attached to it, when asked for.
   public var keys: [[UInt8]]
 }

@@ -45,7 +45,7 @@ final class LeaseKeepAliveLoop: Sendable {
     continuation: AsyncStream<EtcdLeaseKeepAliveEvent>.Continuation
   ) -> UInt64 {
     let now = ContinuousClock.now
-    let ttl = Duration.seconds(max(lease.ttl, 1))
+    let ttl = max(lease.ttl, .seconds(1))
     let (id, wake) = self.state.withLock { state in
       state.nextID += 1
       state.registrations[state.nextID] = Registration(
@@ -251,7 +251,7 @@ final class LeaseKeepAliveLoop: Sendable {
           registration.nextSend = now + registration.ttl / 3
           registration.reportedOverdue = false
           state.registrations[id] = registration
-          events.append((registration.continuation, .renewed(ttl: response.ttl)))
+          events.append((registration.continuation, .renewed(ttl: registration.ttl)))
         }
       }
       return (events, latency)

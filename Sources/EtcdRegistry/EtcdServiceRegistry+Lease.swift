@@ -14,7 +14,7 @@ extension EtcdServiceRegistry {
       if let lease = state.lease { return .ready(lease, state.leaseGeneration) }
       if let pending = state.pendingGrant { return .pending(pending) }
       // The grant serves every register call waiting for a lease, so it belongs to none of them.
-      let ttl = self.leaseTTLSeconds
+      let ttl = self.config.leaseTTL
       let pending = Task { try await self.client.grantLease(ttl: ttl) }
       state.pendingGrant = pending
       return .pending(pending)

@@ -124,11 +124,6 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
     (self.feedLaunchStream, self.feedLaunches) = AsyncStream.makeStream(of: ServiceFeed.self)
   }
 
-  var leaseTTLSeconds: Int64 {
-    let components = self.config.leaseTTL.components
-    return max(1, components.seconds + (components.attoseconds > 0 ? 1 : 0))
-  }
-
   /// Runs the etcd client, lease maintenance, key repair and the watch feeds until
   /// ``shutdown()`` or a graceful shutdown of the service group.
   public func run() async throws {

@@ -100,7 +100,11 @@ struct List: AsyncParsableCommand {
         if let group = self.group, instance.group != group { continue }
         var ttl: Int64?
         if kv.lease != 0 {
-          if ttls[kv.lease] == nil { ttls[kv.lease] = try await client.leaseInfo(kv.lease).ttl }
+          if ttls[kv.lease] == nil {
+            // Seconds left; -1 for a lease that expired meanwhile.
+            let left = try await client.leaseInfo(kv.lease).ttl
+            ttls[kv.lease] = left.map { $0.components.seconds } ?? -1
+          }
           ttl = ttls[kv.lease]
         }
         rows.append(InstanceRow(instance: instance, leaseTTL: ttl))

@@ -42,7 +42,7 @@ struct EtcdFaultTests {
   func leaderKill() async throws {
     try await withEtcdClient(cluster: .defaults { $0.members = 3 }) { etcd, cluster in
       let p = uniquePrefix()
-      let lease = try await etcd.grantLease(ttl: 5)
+      let lease = try await etcd.grantLease(ttl: .seconds(5))
       try await etcd.put(p + "leased", value: "x", lease: lease.id)
       let lost = Locked(false)
       let keeper = Task {

@@ -64,17 +64,17 @@ struct EtcdLeaseWatchTests {
   func leaseLifecycle() async throws {
     try await withEtcdClient { etcd, _ in
       let p = uniquePrefix()
-      let lease = try await etcd.grantLease(ttl: 30)
-      #expect(lease.ttl == 30)
+      let lease = try await etcd.grantLease(ttl: .seconds(30))
+      #expect(lease.ttl == .seconds(30))
       try await etcd.put(p + "a", value: "1", lease: lease.id)
       try await etcd.put(p + "b", value: "2", lease: lease.id)
       let info = try await etcd.leaseInfo(lease.id, keys: true)
-      #expect(info.grantedTTL == 30)
-      #expect(info.ttl > 0 && info.ttl <= 30)
+      #expect(info.grantedTTL == .seconds(30))
+      #expect(info.ttl.map { $0 > .zero && $0 <= .seconds(30) } == true)
       #expect(Set(info.keys.map { String(decoding: $0, as: UTF8.self) }) == [p + "a", p + "b"])
       try await etcd.revokeLease(lease.id)
       #expect(try await etcd.get(.prefix(p)).kvs.isEmpty)
-      #expect(try await etcd.leaseInfo(lease.id).ttl == -1)
+      #expect(try await etcd.leaseInfo(lease.id).ttl == nil, "a revoked lease has no time left")
       await expectEtcdError(.leaseNotFound) { try await etcd.revokeLease(lease.id) }
     }
   }
@@ -83,7 +83,7 @@ struct EtcdLeaseWatchTests {
   func keepAlive() async throws {
     try await withEtcdClient { etcd, _ in
       let p = uniquePrefix()
-      let kept = try await etcd.grantLease(ttl: 2)
+      let kept = try await etcd.grantLease(ttl: .seconds(2))
       // Renewals start at once, before anything else can delay them on a loaded machine.
       let renewals = Locked<[ContinuousClock.Instant]>([])
       let keeper = Task {
@@ -93,7 +93,7 @@ struct EtcdLeaseWatchTests {
       }
       defer { keeper.cancel() }
       try await etcd.put(p + "kept", value: "1", lease: kept.id)
-      let dropped = try await etcd.grantLease(ttl: 2)
+      let dropped = try await etcd.grantLease(ttl: .seconds(2))
       do {
         try await etcd.put(p + "dropped", value: "1", lease: dropped.id)
       } catch let error as EtcdError where error.code == .leaseNotFound {
@@ -127,7 +127,7 @@ struct EtcdLeaseWatchTests {
   @Test("keep-alive of a revoked lease reports it lost and ends")
   func keepAliveLost() async throws {
     try await withEtcdClient { etcd, _ in
-      let lease = try await etcd.grantLease(ttl: 3)
+      let lease = try await etcd.grantLease(ttl: .seconds(3))
       let events = Locked<[EtcdLeaseKeepAliveEvent]>([])
       let ended = Locked(false)
       let keeper = Task {

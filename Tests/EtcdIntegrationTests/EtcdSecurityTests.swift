@@ -137,7 +137,7 @@ struct EtcdSecurityTests {
           try await etcd.put("/token/w/sentinel", value: "x")
           return !watch.events.isEmpty
         }
-        let lease = try await etcd.grantLease(ttl: 2)
+        let lease = try await etcd.grantLease(ttl: .seconds(2))
         let renewals = Locked(0)
         let keeper = Task {
           for await event in etcd.keepAlive(lease) {
