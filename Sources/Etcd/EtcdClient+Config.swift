@@ -1,3 +1,5 @@
+public import GRPCConnection
+
 extension EtcdClient {
   /// How an ``EtcdClient`` connects: endpoints, timeouts, TLS and credentials.
   ///
@@ -95,30 +97,18 @@ extension EtcdClient {
     }
   }
 
-  /// TLS towards etcd: the CA to trust and, for mutual TLS, a client certificate.
-  public struct TLS: Sendable, Hashable {
-    /// PEM file of the CA certificate(s) that signed etcd's certificate; `nil` for the system's.
-    public var caCertificatePath: String?
-    /// PEM file of the client certificate, for mutual TLS.
-    public var clientCertificatePath: String?
-    /// PEM file of the client certificate's private key.
-    public var clientKeyPath: String?
-    /// The name to verify etcd's certificate against, when it differs from the endpoint host.
-    public var serverName: String?
-
-    /// Creates a TLS configuration.
-    public init(
-      caCertificatePath: String? = nil,
-      clientCertificatePath: String? = nil,
-      clientKeyPath: String? = nil,
-      serverName: String? = nil
-    ) {
-      self.caCertificatePath = caCertificatePath
-      self.clientCertificatePath = clientCertificatePath
-      self.clientKeyPath = clientKeyPath
-      self.serverName = serverName
-    }
-  }
+  /// TLS towards etcd: the CAs to trust, a client certificate for mutual TLS, the name to
+  /// verify. The same type as every other client connection of the project
+  /// (`HTTP2Connection.TLS`): certificates and keys as files or bytes.
+  ///
+  /// ```swift
+  /// $0.tls = .defaults {
+  ///   $0.trustRoots = .certificates(.file(path: "/etc/etcd/ca.pem"))
+  ///   $0.certificateChain = .file(path: "/etc/etcd/client.pem")
+  ///   $0.privateKey = .file(path: "/etc/etcd/client-key.pem")
+  /// }
+  /// ```
+  public typealias TLS = HTTP2Connection.TLS
 
   /// A user name and password for etcd's auth.
   public struct Credentials: Sendable, Hashable {

@@ -318,16 +318,7 @@ final class Endpoint: Sendable {
       pingTimeout: configuration.silenceTimeout * 2 / 3,
       closesConnection: true
     )
-    if let tls = configuration.tls {
-      config.tls = .defaults {
-        if let ca = tls.caCertificatePath { $0.trustRoots = .certificates(.file(path: ca)) }
-        if let certificate = tls.clientCertificatePath {
-          $0.certificateChain = .file(path: certificate)
-        }
-        if let key = tls.clientKeyPath { $0.privateKey = .file(path: key) }
-        $0.serverHostname = tls.serverName
-      }
-    }
+    config.tls = configuration.tls
     var endpointLogger = logger
     endpointLogger[metadataKey: "etcd.endpoint"] = "\(address)"
     self.connection = HTTP2Connection(

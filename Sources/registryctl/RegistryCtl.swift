@@ -254,11 +254,11 @@ struct ConnectionOptions: ParsableArguments {
       // after 2 s, leaving the rest of the timeout for the next endpoint.
       $0.connectTimeout = .milliseconds(Int(min(self.timeout, 2) * 1000))
       if self.usesTLS {
-        $0.tls = .init(
-          caCertificatePath: self.caCertificate,
-          clientCertificatePath: self.clientCertificate,
-          clientKeyPath: self.clientKey
-        )
+        $0.tls = .defaults { tls in
+          if let ca = self.caCertificate { tls.trustRoots = .certificates(.file(path: ca)) }
+          tls.certificateChain = self.clientCertificate.map { .file(path: $0) }
+          tls.privateKey = self.clientKey.map { .file(path: $0) }
+        }
       }
       if let user = self.userAndPassword, let colon = user.firstIndex(of: ":") {
         $0.credentials = .init(

@@ -35,7 +35,7 @@ struct EtcdSecurityTests {
       let rogue = try await TestCertificates.generate(in: cluster.root + "/rogue", name: "rogue")
       try await withEtcdClient(
         config: .testing(cluster) {
-          $0.tls = .init(caCertificatePath: rogue.caCertificate)
+          $0.tls = .defaults { $0.trustRoots = .certificates(.file(path: rogue.caCertificate)) }
           $0.requestTimeout = .seconds(2)
         },
         logger: testLogger("wrong-ca")

@@ -27,12 +27,13 @@ extension EtcdClient.Config {
     .defaults {
       $0.endpoints = cluster.endpoints
       if let certificates = cluster.certificates {
-        $0.tls = .init(
-          caCertificatePath: certificates.caCertificate,
-          clientCertificatePath: cluster.options.clientCertificateAuth
-            ? certificates.clientCertificate : nil,
-          clientKeyPath: cluster.options.clientCertificateAuth ? certificates.clientKey : nil
-        )
+        $0.tls = .defaults { tls in
+          tls.trustRoots = .certificates(.file(path: certificates.caCertificate))
+          if cluster.options.clientCertificateAuth {
+            tls.certificateChain = .file(path: certificates.clientCertificate)
+            tls.privateKey = .file(path: certificates.clientKey)
+          }
+        }
       }
       configure(&$0)
     }
