@@ -20,7 +20,7 @@ import Synchronization
 /// ```
 public final class EtcdCluster: Sendable {
   /// How to start the cluster.
-  public struct Options: Sendable {
+  public struct Config: Sendable {
     /// Number of members (1 or an odd number such as 3).
     public var members: Int
     /// Serve clients over TLS with certificates generated for the test.
@@ -41,8 +41,8 @@ public final class EtcdCluster: Sendable {
     public var startTimeout: Duration
 
     /// A quiet, fast single node over plain TCP.
-    public static var defaults: Options {
-      Options(
+    public static var defaults: Config {
+      Config(
         members: 1,
         tls: false,
         clientCertificateAuth: false,
@@ -56,17 +56,17 @@ public final class EtcdCluster: Sendable {
     }
 
     /// The defaults, changed by `configure`.
-    public static func defaults(_ configure: (inout Options) -> Void) -> Options {
-      var options = Options.defaults
-      configure(&options)
-      return options
+    public static func defaults(_ configure: (inout Config) -> Void) -> Config {
+      var config = Config.defaults
+      configure(&config)
+      return config
     }
   }
 
   /// The members, in order `m0`, `m1`, ...
   public let members: [EtcdNode]
-  /// The options the cluster was started with.
-  public let options: Options
+  /// The configuration the cluster was started with.
+  public let config: Config
   /// The temporary root holding data directories, logs and certificates.
   public let root: String
   /// The certificates, when started with TLS.
@@ -81,13 +81,13 @@ public final class EtcdCluster: Sendable {
 
   private init(
     members: [EtcdNode],
-    options: Options,
+    config: Config,
     root: String,
     certificates: TestCertificates?,
     network: PeerNetwork
   ) {
     self.members = members
-    self.options = options
+    self.config = config
     self.root = root
     self.certificates = certificates
     self.network = network
@@ -97,7 +97,7 @@ public final class EtcdCluster: Sendable {
   ///
   /// - Throws: ``HarnessError`` when etcd is not installed (with how to install it) or does not
   ///   become healthy in time (with the tail of its log).
-  public static func start(_ options: Options = .defaults) async throws -> EtcdCluster {
+  public static func start(_ options: Config = .defaults) async throws -> EtcdCluster {
     guard Command.locate("etcd") != nil else { throw HarnessError.missing("etcd") }
     guard Command.locate("etcdctl") != nil else { throw HarnessError.missing("etcdctl") }
     guard options.members >= 1 else { throw HarnessError("a cluster needs at least one member") }
@@ -162,7 +162,7 @@ public final class EtcdCluster: Sendable {
     }
     let cluster = EtcdCluster(
       members: members,
-      options: options,
+      config: options,
       root: root,
       certificates: certificates,
       network: network
@@ -235,7 +235,7 @@ public final class EtcdCluster: Sendable {
     var flags = ["--endpoints=\(targets.joined(separator: ","))"]
     if let certificates = self.certificates {
       flags += ["--cacert=\(certificates.caCertificate)"]
-      if self.options.clientCertificateAuth {
+      if self.config.clientCertificateAuth {
         flags += ["--cert=\(certificates.clientCertificate)", "--key=\(certificates.clientKey)"]
       }
     }
@@ -276,7 +276,7 @@ public final class EtcdCluster: Sendable {
   ///
   /// The proxy listens on a free loopback port (``EtcdProxy/endpoint``) and speaks the cluster's
   /// scheme: over TLS it presents the server certificate (and with
-  /// ``Options/clientCertificateAuth`` asks for client certificates), so
+  /// ``Config/clientCertificateAuth`` asks for client certificates), so
   /// ``etcdctl(_:endpoints:)`` with `endpoints: [proxy.endpoint]` works as with a member.
   /// ``shutdown()`` stops it with the members.
   ///
@@ -300,7 +300,7 @@ public final class EtcdCluster: Sendable {
         "--cacert", certificates.caCertificate, "--cert", client.certificate, "--key", client.key,
         "--cert-file", certificates.serverCertificate, "--key-file", certificates.serverKey,
       ]
-      if self.options.clientCertificateAuth {
+      if self.config.clientCertificateAuth {
         arguments += ["--trusted-ca-file", certificates.caCertificate]
       }
     }
@@ -333,7 +333,7 @@ public final class EtcdCluster: Sendable {
 
 /// Starts a cluster, runs `body`, and shuts the cluster down whether `body` throws or not.
 public func withEtcdCluster<T>(
-  _ options: EtcdCluster.Options = .defaults,
+  _ options: EtcdCluster.Config = .defaults,
   _ body: (EtcdCluster) async throws -> T
 ) async throws -> T {
   let cluster = try await EtcdCluster.start(options)

@@ -8,7 +8,12 @@ enum RegistryGroupContext {
 
 /// Runs `body` with every call it makes through a ``RegistryClientTransport`` routed to the
 /// instances of `group`, overriding the target's group: the Swift form of the Go design's group
-/// in the request context.
+/// in the request context, and the way to choose a call's group.
+///
+/// Precedence, innermost first: this function's group; else a `ServiceContext`'s
+/// ``ServiceContextModule/ServiceContext/registryGroup`` (for code that already carries request
+/// context in swift-service-context, such as middleware); else the target's group
+/// (`registry://user-server?group=A`).
 ///
 /// ```swift
 /// let user = try await withRegistryGroup("A") {
@@ -33,17 +38,17 @@ public func withRegistryGroup<Result>(
 /// The group the current task's calls are routed to: the one set by the innermost
 /// ``withRegistryGroup(_:isolation:_:)``, else the `ServiceContext`'s
 /// ``ServiceContextModule/ServiceContext/registryGroup``, else `nil` (the target's group).
-public var currentRegistryGroup: String? {
+var currentRegistryGroup: String? {
   if let group = RegistryGroupContext.group { return group }
   if let group = ServiceContext.current?.registryGroup, !group.isEmpty { return group }
   return nil
 }
 
-/// The `ServiceContext` key under which a call's registry group travels, for code that carries
-/// request context in swift-service-context (tracing, middleware) rather than in a task-local.
-public enum RegistryGroupKey: ServiceContextKey {
-  public typealias Value = String
-  public static var nameOverride: String? { "registry.group" }
+/// The `ServiceContext` key under which a call's registry group travels (read and written
+/// through ``ServiceContextModule/ServiceContext/registryGroup``).
+enum RegistryGroupKey: ServiceContextKey {
+  typealias Value = String
+  static var nameOverride: String? { "registry.group" }
 }
 
 extension ServiceContext {

@@ -29,7 +29,7 @@ extension EtcdClient.Config {
       if let certificates = cluster.certificates {
         $0.tls = .defaults { tls in
           tls.trustRoots = .certificates(.file(path: certificates.caCertificate))
-          if cluster.options.clientCertificateAuth {
+          if cluster.config.clientCertificateAuth {
             tls.certificateChain = .file(path: certificates.clientCertificate)
             tls.privateKey = .file(path: certificates.clientKey)
           }
@@ -42,7 +42,7 @@ extension EtcdClient.Config {
 
 /// Starts etcd and a client on it for the duration of `body`.
 func withEtcdClient<T: Sendable>(
-  cluster options: EtcdCluster.Options = .defaults,
+  cluster options: EtcdCluster.Config = .defaults,
   configure: (inout EtcdClient.Config) -> Void = { _ in },
   _ body: (EtcdClient, EtcdCluster) async throws -> T
 ) async throws -> T {

@@ -12,7 +12,7 @@ struct HarnessTopologyTests {
   )
   func proxy(security: String) async throws {
     let tls = security != "plain"
-    let options = EtcdCluster.Options.defaults {
+    let options = EtcdCluster.Config.defaults {
       $0.tls = tls
       $0.clientCertificateAuth = security == "mutual tls"
     }
