@@ -7,19 +7,11 @@ import Synchronization
 /// Renews every lease of a client over one `LeaseKeepAlive` stream, reconnecting (with failover
 /// and backoff) whenever the stream breaks.
 final class LeaseKeepAliveLoop: Sendable {
-  private struct Registration {
-    var lease: Int64
-    var ttl: Duration
-    var nextSend: ContinuousClock.Instant
-    var lastRenewal: ContinuousClock.Instant
-    /// When the renewal now awaiting etcd's answer was sent.
-    var sentAt: ContinuousClock.Instant?
-    var reportedOverdue = false
-    var continuation: AsyncStream<EtcdLeaseKeepAliveEvent>.Continuation
-  }
-
   private struct State {
-    var registrations: [UInt64: Registration] = [:]
+    /// When each lease is renewed; decides everything.
+    var schedule = LeaseRenewalSchedule()
+    /// Where each keep-alive's events go, by the same IDs as the schedule's.
+    var continuations: [UInt64: AsyncStream<EtcdLeaseKeepAliveEvent>.Continuation] = [:]
     var nextID: UInt64 = 0
     var isShutDown = false
     var streamsOpened = 0
@@ -45,16 +37,10 @@ final class LeaseKeepAliveLoop: Sendable {
     continuation: AsyncStream<EtcdLeaseKeepAliveEvent>.Continuation
   ) -> UInt64 {
     let now = ContinuousClock.now
-    let ttl = max(lease.ttl, .seconds(1))
     let (id, wake) = self.state.withLock { state in
       state.nextID += 1
-      state.registrations[state.nextID] = Registration(
-        lease: lease.id,
-        ttl: ttl,
-        nextSend: now + ttl / 3,
-        lastRenewal: now,
-        continuation: continuation
-      )
+      state.schedule.add(state.nextID, lease: lease, now: now)
+      state.continuations[state.nextID] = continuation
       return (state.nextID, state.wake.take())
     }
     wake?.resume()
@@ -62,16 +48,20 @@ final class LeaseKeepAliveLoop: Sendable {
   }
 
   func remove(_ id: UInt64) {
-    self.state.withLock { _ = $0.registrations.removeValue(forKey: id) }
+    self.state.withLock { state in
+      state.schedule.remove(id)
+      state.continuations[id] = nil
+    }
   }
 
   func shutdown() {
     let (registrations, wake) = self.state.withLock { state in
       state.isShutDown = true
       defer {
-        state.registrations = [:]
+        state.schedule = LeaseRenewalSchedule()
+        state.continuations = [:]
       }
-      return (state.registrations.values.map(\.continuation), state.wake.take())
+      return (Array(state.continuations.values), state.wake.take())
     }
     for continuation in registrations { continuation.finish() }
     wake?.resume()
@@ -99,14 +89,7 @@ final class LeaseKeepAliveLoop: Sendable {
       let (index, endpoint) = client.pickEndpoint()
       self.state.withLock { state in
         state.streamsOpened += 1
-        // A new stream renews everything at once: after an outage, leases are confirmed (or
-        // found lost) as soon as etcd answers.
-        let now = ContinuousClock.now
-        for id in state.registrations.keys {
-          state.registrations[id]?.nextSend = now
-          // An answer on the new stream answers a request sent on it, not one lost with the old.
-          state.registrations[id]?.sentAt = nil
-        }
+        state.schedule.streamOpened(now: .now)
       }
       do {
         var metadata = try await client.auth.metadata(for: client)
@@ -165,18 +148,11 @@ final class LeaseKeepAliveLoop: Sendable {
       if Task.isCancelled { return false }
       let ready: Bool? = self.state.withLock { state in
         if state.isShutDown { return false }
-        return state.registrations.isEmpty ? nil : true
+        return state.schedule.isEmpty ? nil : true
       }
       if let ready { return ready }
-      await self.state.park(at: \.wake) { $0.isShutDown || !$0.registrations.isEmpty }
+      await self.state.park(at: \.wake) { $0.isShutDown || !$0.schedule.isEmpty }
     }
-  }
-
-  /// How long a renewal of a lease with `ttl` may go unanswered before its member counts as
-  /// silent: a sixth of the TTL (so the lease moves with half its TTL left: a renewal goes out a
-  /// third of the TTL after the last answer), at most `silenceTimeout`, at least 200 ms.
-  static func renewalTimeout(ttl: Duration, silenceTimeout: Duration) -> Duration {
-    max(min(ttl / 6, silenceTimeout), .milliseconds(200))
   }
 
   /// Sends a renewal for every lease that is due, then sleeps until the next is due.
@@ -187,36 +163,11 @@ final class LeaseKeepAliveLoop: Sendable {
     silenceTimeout: Duration
   ) async throws {
     while !Task.isCancelled {
-      let now = ContinuousClock.now
-      let (due, overdue, next, unanswered) = self.state.withLock { state in
-        var due = Set<Int64>()
-        var overdue: [AsyncStream<EtcdLeaseKeepAliveEvent>.Continuation] = []
-        var next = now + .milliseconds(500)
-        var unanswered: RenewalUnanswered?
-        for (id, var registration) in state.registrations {
-          if let sentAt = registration.sentAt {
-            let timeout = Self.renewalTimeout(ttl: registration.ttl, silenceTimeout: silenceTimeout)
-            if now - sentAt >= timeout {
-              unanswered = RenewalUnanswered(lease: registration.lease, waited: now - sentAt)
-            }
-            next = min(next, sentAt + timeout)
-          }
-          if registration.nextSend <= now {
-            due.insert(registration.lease)
-            // A resend keeps the first send time: the latency is what etcd made us wait.
-            if registration.sentAt == nil { registration.sentAt = now }
-            // Try again after a third of the TTL if no answer comes.
-            registration.nextSend = now + registration.ttl / 3
-          }
-          if !registration.reportedOverdue, now - registration.lastRenewal > registration.ttl {
-            registration.reportedOverdue = true
-            overdue.append(registration.continuation)
-          }
-          next = min(next, registration.nextSend)
-          state.registrations[id] = registration
-        }
-        return (due, overdue, next, unanswered)
+      let (tick, overdue) = self.state.withLock { state in
+        let tick = state.schedule.tick(now: .now, silenceTimeout: silenceTimeout)
+        return (tick, tick.overdue.compactMap { state.continuations[$0] })
       }
+      let (due, next, unanswered) = (tick.due, tick.next, tick.unanswered)
       for continuation in overdue { continuation.yield(.overdue) }
       if let unanswered { throw unanswered }
       for lease in due {
@@ -232,26 +183,22 @@ final class LeaseKeepAliveLoop: Sendable {
   }
 
   private func handle(_ response: Etcdserverpb_LeaseKeepAliveResponse) {
-    let now = ContinuousClock.now
     let (events, latency) = self.state.withLock { state in
+      let (answers, latency) = state.schedule.answered(
+        lease: response.id,
+        ttlSeconds: response.ttl,
+        now: .now
+      )
       var events: [(AsyncStream<EtcdLeaseKeepAliveEvent>.Continuation, EtcdLeaseKeepAliveEvent)] =
         []
-      var latency: Duration?
-      for (id, var registration) in state.registrations where registration.lease == response.id {
-        if let sentAt = registration.sentAt {
-          latency = now - sentAt
-          registration.sentAt = nil
-        }
-        if response.ttl <= 0 {
-          events.append((registration.continuation, .lost))
-          state.registrations[id] = nil
-        } else {
-          registration.ttl = .seconds(response.ttl)
-          registration.lastRenewal = now
-          registration.nextSend = now + registration.ttl / 3
-          registration.reportedOverdue = false
-          state.registrations[id] = registration
-          events.append((registration.continuation, .renewed(ttl: registration.ttl)))
+      for (id, answer) in answers {
+        guard let continuation = state.continuations[id] else { continue }
+        switch answer {
+        case .renewed(let ttl):
+          events.append((continuation, .renewed(ttl: ttl)))
+        case .lost:
+          events.append((continuation, .lost))
+          state.continuations[id] = nil
         }
       }
       return (events, latency)
@@ -270,7 +217,7 @@ final class LeaseKeepAliveLoop: Sendable {
   }
 }
 
-/// A lease renewal that its member left unanswered past ``LeaseKeepAliveLoop/renewalTimeout(ttl:silenceTimeout:)``.
+/// A lease renewal that its member left unanswered past ``LeaseRenewalSchedule/renewalTimeout(ttl:silenceTimeout:)``.
 struct RenewalUnanswered: Error, CustomStringConvertible {
   var lease: Int64
   var waited: Duration
