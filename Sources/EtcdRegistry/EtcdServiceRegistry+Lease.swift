@@ -11,13 +11,19 @@ extension EtcdServiceRegistry {
     }
     let lookup = try self.state.withLock { state throws(RegistryError) -> Lookup in
       if state.lifecycle.isShutDown { throw RegistryError.shutDown("register") }
-      if let lease = state.lease { return .ready(lease, state.leaseGeneration) }
-      if let pending = state.pendingGrant { return .pending(pending) }
-      // The grant serves every register call waiting for a lease, so it belongs to none of them.
-      let ttl = self.config.leaseTTL
-      let pending = Task { try await self.client.grantLease(ttl: ttl) }
-      state.pendingGrant = pending
-      return .pending(pending)
+      switch state.leasing.lookup() {
+      case .ready(let lease, let generation):
+        return .ready(lease, generation)
+      case .wait(let grant):
+        return .pending(grant)
+      case .grant:
+        // The grant serves every register call waiting for a lease, so it belongs to none of
+        // them.
+        let ttl = self.config.leaseTTL
+        let pending = Task { try await self.client.grantLease(ttl: ttl) }
+        state.leasing.granting(pending)
+        return .pending(pending)
+      }
     }
     let task: Task<EtcdLease, any Error>
     switch lookup {
@@ -27,13 +33,8 @@ extension EtcdServiceRegistry {
     do {
       let lease = try await cancellableValue(of: task)
       let (generation, granted, wake) = self.state.withLock { state in
-        if state.pendingGrant == task {
-          state.pendingGrant = nil
-          state.lease = lease
-          state.leaseGeneration += 1
-          return (state.leaseGeneration, true, state.wake.take())
-        }
-        return (state.leaseGeneration, false, nil as CheckedContinuation<Void, Never>?)
+        let (generation, adopted) = state.leasing.granted(lease, by: task)
+        return (generation, adopted, adopted ? state.wake.take() : nil)
       }
       wake?.resume()
       if granted {
@@ -49,9 +50,7 @@ extension EtcdServiceRegistry {
       // call takes it over. A lease nobody takes over expires unused after its TTL.
       throw CancellationError()
     } catch {
-      self.state.withLock { state in
-        if state.pendingGrant == task { state.pendingGrant = nil }
-      }
+      self.state.withLock { $0.leasing.grantFailed(task) }
       throw error
     }
   }
@@ -59,12 +58,9 @@ extension EtcdServiceRegistry {
   /// Forgets `lease` if it is still the current one, and wakes the recovery.
   func leaseLost(_ lease: EtcdLease, reason: String) {
     let (lost, wake) = self.state.withLock { state in
-      guard state.lease?.id == lease.id else {
+      guard state.leasing.lost(lease.id) else {
         return (false, nil as CheckedContinuation<Void, Never>?)
       }
-      state.lease = nil
-      state.leaseGeneration += 1
-      state.restoreNeeded = true
       return (true, state.wake.take())
     }
     wake?.resume()
@@ -87,9 +83,11 @@ extension EtcdServiceRegistry {
       }
       let next: Next = self.state.withLock { state in
         if state.lifecycle.isShutDown { return .stop }
-        if let lease = state.lease { return .keepAlive(lease) }
-        if !state.registrations.isEmpty && state.pendingGrant == nil { return .recover }
-        return .wait
+        switch state.leasing.next(hasRegistrations: !state.registrations.isEmpty) {
+        case .keepAlive(let lease): return .keepAlive(lease)
+        case .recover: return .recover
+        case .wait: return .wait
+        }
       }
       switch next {
       case .stop:
@@ -113,7 +111,9 @@ extension EtcdServiceRegistry {
             lost = true
           }
           // A lease replaced meanwhile (a write found it gone) needs no more renewals.
-          if self.state.withLock({ $0.lease?.id != lease.id || $0.lifecycle.isShutDown }) { break }
+          if self.state.withLock({ $0.leasing.lease?.id != lease.id || $0.lifecycle.isShutDown }) {
+            break
+          }
         }
         if self.state.withLock({ $0.lifecycle.isShutDown }) { return }
         if lost { self.leaseLost(lease, reason: "etcd reports it expired or revoked") }
@@ -123,8 +123,8 @@ extension EtcdServiceRegistry {
 
   private func waitForChange() async {
     await self.state.park(at: \.wake) { state in
-      state.lifecycle.isShutDown || state.lease != nil
-        || !state.registrations.isEmpty && state.pendingGrant == nil
+      state.lifecycle.isShutDown
+        || state.leasing.next(hasRegistrations: !state.registrations.isEmpty) != .wait
     }
   }
 
@@ -153,18 +153,22 @@ extension EtcdServiceRegistry {
         for key in registrations.keys {
           try await self.write(key, lease: lease)
         }
-        let (settled, restored) = self.state.withLock { state in
-          guard state.leaseGeneration == generation else { return (false, false) }
-          state.confirmed.formUnion(registrations.keys.filter { state.registrations[$0] != nil })
-          defer { state.restoreNeeded = false }
-          return (true, state.restoreNeeded)
+        let outcome = self.state.withLock { state in
+          let outcome = state.leasing.recoveryWrote(generation: generation)
+          if outcome != .superseded {
+            state.confirmed.formUnion(registrations.keys.filter { state.registrations[$0] != nil })
+          }
+          return outcome
         }
-        if settled, !restored {
+        switch outcome {
+        case .superseded:
+          // The lease changed while this pass wrote: write again with the new one.
+          continue
+        case .nothingLost:
           // No lease was lost: this pass raced a first register() for the first lease and wrote
           // the same keys again. Nothing to count or to warn about.
           return
-        }
-        if settled {
+        case .restored:
           self.metrics.reRegistrations.increment()
           self.logger.warning(
             "registrations restored",
@@ -251,7 +255,8 @@ extension EtcdServiceRegistry {
   private func repair(_ key: String) async {
     // Only keys etcd has acknowledged: a key whose register call is still writing it is not
     // missing, just not there yet.
-    guard let lease = self.state.withLock({ $0.confirmed.contains(key) ? $0.lease : nil }) else {
+    guard let lease = self.state.withLock({ $0.confirmed.contains(key) ? $0.leasing.lease : nil })
+    else {
       return  // not ours, not yet written, or no lease: the recovery writes everything
     }
     do {

@@ -75,15 +75,10 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
   struct State {
     /// What this registry wants registered, by key.
     var registrations: [String: ServiceInstance] = [:]
-    var lease: EtcdLease?
-    /// Increases whenever the lease changes, so a write can tell it used a stale lease.
-    var leaseGeneration: UInt64 = 0
-    var pendingGrant: Task<EtcdLease, any Error>?
+    /// The lease: none, being granted or held; its generation; whether to restore.
+    var leasing = RegistryLeaseState<Task<EtcdLease, any Error>>()
     /// Whether run() runs (and was cancelled) and whether shutdown began.
     var lifecycle = RegistryLifecycle()
-    /// A lease was lost since the registrations were last all written: the next recovery
-    /// restores them (and counts a re-registration).
-    var restoreNeeded = false
     /// Keys whose registration etcd has acknowledged: only these are restored when deleted.
     var confirmed: Set<String> = []
     var feeds: [String: ServiceFeed] = [:]
@@ -189,7 +184,7 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
         }
         // A recovery that switched leases while this write was in flight may have missed it:
         // write again with the new lease.
-        let stale = self.state.withLock { $0.leaseGeneration != generation }
+        let stale = self.state.withLock { $0.leasing.generation != generation }
         if !stale { break }
       }
     } catch {
@@ -388,7 +383,7 @@ public final class EtcdServiceRegistry: ServiceRegistry, Service {
         for feed in state.feeds.values { feed.metrics.destroy() }
         state.feeds = [:]
       }
-      return (action, state.lease, Array(state.feeds.values), state.wake.take())
+      return (action, state.leasing.lease, Array(state.feeds.values), state.wake.take())
     }
     // A shutdown already under way (run()'s and shutdown()'s both end here) finishes alone.
     guard let (action, lease, feeds, wake) = decided else { return }
