@@ -60,7 +60,12 @@ extension EtcdClient {
         silenceTimeout: .milliseconds(1500),
         tls: nil,
         credentials: nil,
-        retryBackoff: .defaults
+        retryBackoff: .init(
+          initial: .milliseconds(50),
+          maximum: .seconds(1),
+          multiplier: 2,
+          jitter: 0.2
+        )
       )
     }
 
@@ -124,45 +129,8 @@ extension EtcdClient {
     }
   }
 
-  /// Exponential backoff with jitter.
-  public struct Backoff: Sendable, Hashable {
-    /// The first delay.
-    public var initial: Duration
-    /// The largest delay.
-    public var maximum: Duration
-    /// The factor between consecutive delays.
-    public var multiplier: Double
-    /// The fraction of each delay that is randomised (0 to 1), so clients do not retry in step.
-    public var jitter: Double
-
-    /// 50 ms doubling to 1 s, ±20 %.
-    public static var defaults: Self {
-      Self(initial: .milliseconds(50), maximum: .seconds(1), multiplier: 2, jitter: 0.2)
-    }
-
-    /// Creates a backoff.
-    public init(initial: Duration, maximum: Duration, multiplier: Double, jitter: Double) {
-      self.initial = initial
-      self.maximum = maximum
-      self.multiplier = multiplier
-      self.jitter = jitter
-    }
-
-    /// The delay before attempt `attempt` (0-based).
-    public func delay(attempt: Int) -> Duration {
-      let base = self.initial * pow2(self.multiplier, attempt)
-      let capped = min(base, self.maximum)
-      let spread = Double.random(in: (1 - self.jitter) ... (1 + self.jitter))
-      return capped * spread
-    }
-
-    private func pow2(_ multiplier: Double, _ exponent: Int) -> Double {
-      var result = 1.0
-      for _ in 0 ..< min(exponent, 64) {
-        result *= multiplier
-        if result > 1e9 { break }
-      }
-      return result
-    }
-  }
+  /// Exponential backoff with jitter: the one backoff type of the package
+  /// (`HTTP2Connection.Backoff`). Its `defaults` are grpc's connection backoff; etcd's retries
+  /// use ``Config/retryBackoff``'s shorter defaults.
+  public typealias Backoff = HTTP2Connection.Backoff
 }

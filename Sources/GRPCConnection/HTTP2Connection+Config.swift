@@ -107,6 +107,18 @@ extension HTTP2Connection {
     public static var defaults: Self {
       Self(initial: .seconds(1), maximum: .seconds(120), multiplier: 1.6, jitter: 0.2)
     }
+
+    /// The delay before retry `attempt` (0-based): `initial × multiplier^attempt`, at most
+    /// `maximum`, spread by `jitter`.
+    public func delay(attempt: Int) -> Duration {
+      var base = self.initial
+      for _ in 0 ..< max(0, attempt) {
+        if base >= self.maximum { break }
+        base = base * self.multiplier
+      }
+      let jitter = min(max(self.jitter, 0), 1)
+      return min(base, self.maximum) * Double.random(in: (1 - jitter) ... (1 + jitter))
+    }
   }
 
   /// Client keep-alive: a PING after `interval` without any frame from the server; the

@@ -397,8 +397,9 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
   // MARK: - Registry watch
 
   private func watchRegistry() async {
-    var delay = self.config.registryBackoff.initial
+    var attempt = 0
     while !Task.isCancelled {
+      let delay: Duration
       do {
         for try await snapshot in self.registry.watch(self.target.service).snapshots {
           let effects = self.state.withLock { state in
@@ -407,15 +408,17 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
             }
           }
           self.perform(effects)
-          delay = self.config.registryBackoff.initial
+          attempt = 0
         }
         if Task.isCancelled { return }
+        delay = self.config.registryBackoff.delay(attempt: attempt)
         self.logger.info(
           "Registry watch ended; subscribing again",
           metadata: ["registry.service": "\(self.target.service)"]
         )
       } catch {
         if Task.isCancelled { return }
+        delay = self.config.registryBackoff.delay(attempt: attempt)
         // The last known instances stay in use: an error never empties the set.
         self.logger.warning(
           "Registry watch failed; keeping the last known instances and retrying",
@@ -425,14 +428,12 @@ public final class RegistryClientTransport: ClientTransport, Sendable {
           ]
         )
       }
-      let backoff = self.config.registryBackoff
-      let jitter = 1 + Double.random(in: -backoff.jitter ... backoff.jitter)
+      attempt += 1
       do {
-        try await Task.sleep(for: delay * jitter)
+        try await Task.sleep(for: delay)
       } catch {
         return
       }
-      delay = min(delay * backoff.multiplier, backoff.maximum)
     }
   }
 
