@@ -2,17 +2,18 @@ import Foundation
 import RegistryPrimitives
 import Synchronization
 
-/// Runs short helper commands (etcdctl, openssl) without blocking the concurrency pool.
-enum Command {
-  struct Output {
-    var status: Int32
-    var stdout: String
-    var stderr: String
+/// Runs short helper commands (etcdctl, openssl, h2load in the tests) without blocking the
+/// concurrency pool.
+package enum Command {
+  package struct Output {
+    package var status: Int32
+    package var stdout: String
+    package var stderr: String
   }
 
   /// Finds `name` on `PATH`; `etcd` and `etcdctl` in `ETCD_BIN_DIR` first when it is set (the
   /// tests run against etcd 3.5 that way: `ETCD_BIN_DIR=$(scripts/etcd35-bin-dir)`).
-  static func locate(_ name: String) -> String? {
+  package static func locate(_ name: String) -> String? {
     if name.contains("/") { return FileManager.default.isExecutableFile(atPath: name) ? name : nil }
     if name == "etcd" || name == "etcdctl",
       let directory = ProcessInfo.processInfo.environment["ETCD_BIN_DIR"], !directory.isEmpty
@@ -33,7 +34,7 @@ enum Command {
   /// Spawned with `posix_spawn` and reaped by `waitpid` on a thread of its own, not with
   /// Foundation's `Process`, which keeps every instance alive until the process exits (each is a
   /// leak report under AddressSanitizer, `scripts/sanitize address`).
-  static func run(
+  package static func run(
     _ executable: String,
     _ arguments: [String],
     environment: [String: String] = [:]
