@@ -167,16 +167,15 @@ final class LeaseKeepAliveLoop: Sendable {
         let tick = state.schedule.tick(now: .now, silenceTimeout: silenceTimeout)
         return (tick, tick.overdue.compactMap { state.continuations[$0] })
       }
-      let (due, next, unanswered) = (tick.due, tick.next, tick.unanswered)
       for continuation in overdue { continuation.yield(.overdue) }
-      if let unanswered { throw unanswered }
-      for lease in due {
+      if let unanswered = tick.unanswered { throw unanswered }
+      for lease in tick.due {
         var request = Etcdserverpb_LeaseKeepAliveRequest()
         request.id = lease
         try await writer.write(request)
       }
       try await Task.sleep(
-        until: max(next, ContinuousClock.now + .milliseconds(20)),
+        until: max(tick.next, ContinuousClock.now + .milliseconds(20)),
         clock: .continuous
       )
     }

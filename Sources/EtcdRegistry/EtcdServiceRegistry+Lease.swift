@@ -77,20 +77,14 @@ extension EtcdServiceRegistry {
   /// new one and writes every registration again, retrying with jittered backoff forever.
   func maintainLease() async {
     while !Task.isCancelled {
-      enum Next {
-        case keepAlive(EtcdLease)
-        case recover, wait, stop
-      }
-      let next: Next = self.state.withLock { state in
-        if state.lifecycle.isShutDown { return .stop }
-        switch state.leasing.next(hasRegistrations: !state.registrations.isEmpty) {
-        case .keepAlive(let lease): return .keepAlive(lease)
-        case .recover: return .recover
-        case .wait: return .wait
-        }
+      // nil: shut down.
+      let next = self.state.withLock {
+        state -> RegistryLeaseState<Task<EtcdLease, any Error>>.Next? in
+        if state.lifecycle.isShutDown { return nil }
+        return state.leasing.next(hasRegistrations: !state.registrations.isEmpty)
       }
       switch next {
-      case .stop:
+      case nil:
         return
       case .wait:
         await self.waitForChange()

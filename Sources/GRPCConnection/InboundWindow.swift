@@ -17,7 +17,7 @@ struct InboundWindow {
 
   /// The connection's window: no reader to wait for. Returns the increment to send, if any.
   static func connectionIncrement(window: Int, target: Int) -> Int? {
-    window <= target / 2 && window < target ? target - window : nil
+    window <= target / 2 ? target - window : nil
   }
 
   /// NIOHTTP2 reports the stream's window fell (or rose) to `window`. Returns the increment to
