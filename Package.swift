@@ -9,6 +9,13 @@ let strictSettings: [SwiftSetting] = [
   .treatAllWarnings(as: .error),
 ]
 
+// The command-line tools (registryctl, user-server, user-client, registry-bench) need
+// swift-argument-parser, and user-server swift-prometheus. They are behind the `Tools` trait, off by
+// default, so a package that depends on the libraries resolves and builds neither (SwiftPM leaves
+// trait-guarded dependencies out of the graph). Build them with `swift build --traits Tools`;
+// without the trait each of them is a stub that says so. registry-demo needs no trait.
+let tools: TargetDependencyCondition? = .when(traits: ["Tools"])
+
 let package = Package(
   name: "swift-grpc-registry",
   platforms: [.macOS(.v15)],
@@ -26,6 +33,13 @@ let package = Package(
     .executable(name: "registry-bench", targets: ["registry-bench"]),
     .executable(name: "registryctl", targets: ["registryctl"]),
     .executable(name: "registry-fuzz", targets: ["registry-fuzz"]),
+  ],
+  traits: [
+    .trait(
+      name: "Tools",
+      description:
+        "The command-line tools: registryctl, user-server, user-client and registry-bench (adds swift-argument-parser and swift-prometheus)."
+    )
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
@@ -161,7 +175,6 @@ let package = Package(
         "EtcdRegistry",
         "GRPCRegistry",
         "UserService",
-        .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "Logging", package: "swift-log"),
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -172,15 +185,16 @@ let package = Package(
     .executableTarget(
       name: "user-server",
       dependencies: [
+        "RegistryPrimitives",
         "RegistryCore",
         "EtcdRegistry",
         "GRPCRegistry",
         "UserService",
-        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "ArgumentParser", package: "swift-argument-parser", condition: tools),
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "Logging", package: "swift-log"),
         .product(name: "Metrics", package: "swift-metrics"),
-        .product(name: "Prometheus", package: "swift-prometheus"),
+        .product(name: "Prometheus", package: "swift-prometheus", condition: tools),
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
         .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -198,7 +212,7 @@ let package = Package(
         "EtcdRegistry",
         "GRPCRegistry",
         "UserService",
-        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "ArgumentParser", package: "swift-argument-parser", condition: tools),
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "Logging", package: "swift-log"),
       ],
@@ -217,7 +231,7 @@ let package = Package(
         "GRPCConnection",
         "GRPCRegistry",
         "UserService",
-        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "ArgumentParser", package: "swift-argument-parser", condition: tools),
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
         .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
@@ -230,10 +244,11 @@ let package = Package(
     .executableTarget(
       name: "registryctl",
       dependencies: [
+        "RegistryPrimitives",
         "RegistryCore",
         "Etcd",
         "EtcdRegistry",
-        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "ArgumentParser", package: "swift-argument-parser", condition: tools),
         .product(name: "Logging", package: "swift-log"),
       ],
       path: "Sources/registryctl",
@@ -275,6 +290,7 @@ let package = Package(
       dependencies: [
         "RegistryPrimitives",
         "GRPCConnection",
+        "EtcdHarness",
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
         .product(name: "NIOCore", package: "swift-nio"),

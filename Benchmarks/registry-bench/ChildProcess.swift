@@ -220,7 +220,7 @@ enum UserServers {
     let path = directory + "/user-server"
     guard FileManager.default.isExecutableFile(atPath: path) else {
       throw BenchError(
-        "\(path) is missing: scenarios c, f and soak run the example user-server; build it in the same build directory (swift build -c release --scratch-path <same> --product user-server, or a plain swift build)"
+        "\(path) is missing: scenarios c, f and soak run the example user-server; build it in the same build directory (swift build -c release --traits Tools --scratch-path <same>: the tools need the Tools trait)"
       )
     }
     return path

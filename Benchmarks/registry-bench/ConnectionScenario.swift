@@ -1,3 +1,4 @@
+import EtcdHarness
 import Foundation
 import GRPCConnection
 import GRPCCore
@@ -459,22 +460,13 @@ final class Child: Sendable {
     _ arguments: [String],
     environment: [String: String] = [:]
   ) async throws -> String {
-    let process = Process()
-    let output = Pipe()
-    process.executableURL = URL(fileURLWithPath: executable)
-    process.arguments = arguments
-    process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-    process.standardOutput = output
-    process.standardInput = FileHandle.nullDevice
-    try process.run()
-    let text = await Task.detached {
-      String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    }.value
-    process.waitUntilExit()
-    guard process.terminationStatus == 0 else {
-      throw BenchError("\(executable) \(arguments.joined(separator: " ")) failed: \(text)")
+    let run = try await Command.run(executable, arguments, environment: environment)
+    guard run.status == 0 else {
+      throw BenchError(
+        "\(executable) \(arguments.joined(separator: " ")) failed (\(run.status)): \(run.stdout)\(run.stderr)"
+      )
     }
-    return text
+    return run.stdout
   }
 
   func stop() {

@@ -1,3 +1,4 @@
+import EtcdHarness
 import Foundation
 
 /// The floor that is not ours: Python's grpcio (gRPC's C core) reading the same prefix range
@@ -23,35 +24,24 @@ enum GrpcioFloor {
     trials: Int,
     expect: Int
   ) async -> Result<Double, BenchError> {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    process.arguments = [
-      "python3", self.script, "--endpoint", endpoint, "--prefix", prefix, "--trials", "\(trials)",
-      "--expect", "\(expect)",
-    ]
-    let output = Pipe()
-    let errors = Pipe()
-    process.standardOutput = output
-    process.standardError = errors
-    process.standardInput = FileHandle.nullDevice
+    let run: Command.Output
     do {
-      try process.run()
+      run = try await Command.run(
+        "python3",
+        [
+          self.script, "--endpoint", endpoint, "--prefix", prefix, "--trials", "\(trials)",
+          "--expect", "\(expect)",
+        ]
+      )
     } catch {
       return .failure(BenchError("could not start python3: \(error)"))
     }
-    // Read before waiting: a full pipe would block the child.
-    let stdout = output.fileHandleForReading.readDataToEndOfFile()
-    let stderr = errors.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    guard process.terminationStatus == 0,
-      let object = try? JSONSerialization.jsonObject(with: stdout) as? [String: Any],
+    guard run.status == 0,
+      let object = try? JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any],
       let p50 = object["p50_ms"] as? Double
     else {
-      let message = String(decoding: stderr, as: UTF8.self)
-        .trimmingCharacters(in: .whitespacesAndNewlines)
-      return .failure(
-        BenchError("grpcio floor failed (exit \(process.terminationStatus)): \(message)")
-      )
+      let message = run.stderr.trimmingCharacters(in: .whitespacesAndNewlines)
+      return .failure(BenchError("grpcio floor failed (exit \(run.status)): \(message)"))
     }
     return .success(p50)
   }

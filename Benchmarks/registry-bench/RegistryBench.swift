@@ -1,3 +1,4 @@
+#if Tools
 import ArgumentParser
 import Etcd
 import EtcdHarness
@@ -204,3 +205,4 @@ struct RegistryBench: AsyncParsableCommand {
     }
   }
 }
+#endif

@@ -1,3 +1,4 @@
+#if Tools
 import ArgumentParser
 import EtcdRegistry
 import Foundation
@@ -195,3 +196,4 @@ final class SummaryBox: Sendable {
   let state: Locked<Summary>
   init(_ summary: Summary) { self.state = Locked(summary) }
 }
+#endif

@@ -1,3 +1,4 @@
+#if Tools
 import Foundation
 import NIOCore
 import NIOHTTP1
@@ -93,3 +94,4 @@ final class MetricsHTTPHandler: ChannelInboundHandler {
     }
   }
 }
+#endif

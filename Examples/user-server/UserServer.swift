@@ -1,3 +1,4 @@
+#if Tools
 import ArgumentParser
 import EtcdRegistry
 import Foundation
@@ -194,3 +195,4 @@ struct ReadyReporter: Service {
     fflush(nil)
   }
 }
+#endif

@@ -9,6 +9,8 @@ package enum Command {
     package var status: Int32
     package var stdout: String
     package var stderr: String
+    /// Whether the run's `timeout` passed and the process was killed (SIGKILL) for it.
+    package var timedOut = false
   }
 
   /// Finds `name` on `PATH`; `etcd` and `etcdctl` in `ETCD_BIN_DIR` first when it is set (the
@@ -29,7 +31,14 @@ package enum Command {
     return nil
   }
 
-  /// Runs `executable` with `arguments` and collects its output; throws only when it cannot start.
+  /// Runs `executable` (a path, or a name looked up as ``locate(_:)`` does) with `arguments` and
+  /// collects its output; throws only when it cannot start.
+  ///
+  /// - Parameters:
+  ///   - environment: set over this process's environment.
+  ///   - input: what the command reads on its standard input (`/dev/null` when `nil`).
+  ///   - timeout: after this long the command is killed with SIGKILL and the output says
+  ///     `timedOut`; `nil` waits as long as it runs.
   ///
   /// Spawned with `posix_spawn` and reaped by `waitpid` on a thread of its own, not with
   /// Foundation's `Process`, which keeps every instance alive until the process exits (each is a
@@ -37,7 +46,9 @@ package enum Command {
   package static func run(
     _ executable: String,
     _ arguments: [String],
-    environment: [String: String] = [:]
+    environment: [String: String] = [:],
+    input: String? = nil,
+    timeout: Duration? = nil
   ) async throws -> Output {
     guard let path = locate(executable) else { throw HarnessError.missing(executable) }
     let directory = FileManager.default.temporaryDirectory
@@ -46,6 +57,13 @@ package enum Command {
     defer { try? FileManager.default.removeItem(at: directory) }
     let outPath = directory.appendingPathComponent("out").path
     let errPath = directory.appendingPathComponent("err").path
+    var inPath = "/dev/null"
+    if let input {
+      inPath = directory.appendingPathComponent("in").path
+      guard FileManager.default.createFile(atPath: inPath, contents: Data(input.utf8)) else {
+        throw HarnessError("could not write the input of \(path) to \(inPath)")
+      }
+    }
 
     var merged = ProcessInfo.processInfo.environment
     merged.merge(environment) { $1 }
@@ -53,22 +71,33 @@ package enum Command {
       path,
       arguments,
       environment: merged.map { "\($0.key)=\($0.value)" },
+      stdin: inPath,
       stdout: outPath,
       stderr: errPath
     )
+    let watchdog = timeout.map { timeout in
+      Task {
+        do { try await Task.sleep(for: timeout) } catch { return false }
+        kill(pid, SIGKILL)
+        return true
+      }
+    }
     let status = await waitForExit(pid)
+    watchdog?.cancel()
     return Output(
       status: status,
       stdout: (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "",
-      stderr: (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? ""
+      stderr: (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? "",
+      timedOut: await watchdog?.value ?? false
     )
   }
 
-  /// Starts `path` with its standard input from /dev/null and its output into two files.
+  /// Starts `path` with its standard input from `stdin` and its output into two files.
   private static func spawn(
     _ path: String,
     _ arguments: [String],
     environment: [String],
+    stdin: String,
     stdout: String,
     stderr: String
   ) throws -> pid_t {
@@ -76,7 +105,7 @@ package enum Command {
     posix_spawn_file_actions_init(&actions)
     defer { posix_spawn_file_actions_destroy(&actions) }
     let create = O_WRONLY | O_CREAT | O_TRUNC
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 0, stdin, O_RDONLY, 0)
     posix_spawn_file_actions_addopen(&actions, 1, stdout, create, 0o644)
     posix_spawn_file_actions_addopen(&actions, 2, stderr, create, 0o644)
 

@@ -20,11 +20,14 @@ final class ConnectionHandler: ChannelInboundHandler {
   typealias OutboundOut = HTTP2Frame
 
   /// One open stream (internal for the liveness extension, which counts waiting calls).
-  struct StreamRecord {
+  struct StreamRecord: InboundWindowedStream {
     let stream: ClientStream
     var machine: ClientStreamStateMachine
     var deadline: Scheduled<Void>?
     var window: InboundWindow
+    // A reader more than a window behind gets its update when it drains (ClientStream schedules
+    // sendDeferredWindowUpdate).
+    var readerIsBehind: Bool { self.stream.isOverBuffered }
   }
 
   struct Settings {
@@ -542,23 +545,17 @@ final class ConnectionHandler: ChannelInboundHandler {
   // MARK: - Flow control
 
   private func windowUpdated(_ event: NIOHTTP2WindowUpdatedEvent, context: ChannelHandlerContext) {
-    guard let window = event.inboundWindowSize else { return }
-    if event.streamID == .rootStream {
-      let target = self.settings.connectionWindowSize
-      if let increment = InboundWindow.connectionIncrement(window: window, target: target) {
-        self.sendWindowUpdate(streamID: .rootStream, increment: increment, context: context)
-      }
-      return
-    }
-    guard let index = self.streams.index(forKey: event.streamID) else { return }
-    // A reader more than a window behind gets its update when it drains (ClientStream
-    // schedules sendDeferredWindowUpdate).
-    let readerIsBehind = self.streams.values[index].stream.isOverBuffered
-    if let increment = self.streams.values[index].window.windowChanged(
-      to: window,
-      readerIsBehind: readerIsBehind
+    let target = self.settings.connectionWindowSize
+    if let update = InboundWindow.update(
+      for: event,
+      connectionTarget: target,
+      streams: &self.streams
     ) {
-      self.sendWindowUpdate(streamID: event.streamID, increment: increment, context: context)
+      self.sendWindowUpdate(
+        streamID: update.streamID,
+        increment: update.increment,
+        context: context
+      )
     }
   }
 

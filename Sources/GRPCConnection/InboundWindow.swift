@@ -1,3 +1,5 @@
+import NIOHTTP2
+
 /// When to give a peer more HTTP/2 receive window, the same on both sides of a connection.
 ///
 /// A window is topped back up to its target once it falls to half of it, so a peer that sends
@@ -39,5 +41,34 @@ struct InboundWindow {
     let increment = self.target - self.current
     self.current = self.target
     return increment
+  }
+}
+
+/// An open stream of a handler whose receive window an ``InboundWindow`` keeps.
+protocol InboundWindowedStream {
+  var window: InboundWindow { get set }
+  /// More than a window of the stream's data is buffered and unread.
+  var readerIsBehind: Bool { get }
+}
+
+extension InboundWindow {
+  /// The WINDOW_UPDATE that NIOHTTP2's report of a changed inbound window calls for, if any:
+  /// the connection's against `connectionTarget`, a stream's by its record in `streams` (a stream
+  /// not there, already closed, gets none).
+  static func update<Stream: InboundWindowedStream>(
+    for event: NIOHTTP2WindowUpdatedEvent,
+    connectionTarget: Int,
+    streams: inout [HTTP2StreamID: Stream]
+  ) -> (streamID: HTTP2StreamID, increment: Int)? {
+    guard let window = event.inboundWindowSize else { return nil }
+    if event.streamID == .rootStream {
+      return Self.connectionIncrement(window: window, target: connectionTarget).map {
+        (.rootStream, $0)
+      }
+    }
+    guard let index = streams.index(forKey: event.streamID) else { return nil }
+    let readerIsBehind = streams.values[index].readerIsBehind
+    return streams.values[index].window.windowChanged(to: window, readerIsBehind: readerIsBehind)
+      .map { (event.streamID, $0) }
   }
 }

@@ -1,3 +1,4 @@
+#if Tools
 import ArgumentParser
 import Etcd
 import EtcdRegistry
@@ -372,3 +373,4 @@ func printTable(_ header: [String], _ rows: [[String]]) {
     print(cells.joined(separator: "  "))
   }
 }
+#endif

@@ -1,3 +1,4 @@
+#if Tools
 import ArgumentParser
 import Dispatch
 import Etcd
@@ -337,3 +338,4 @@ enum Signals {
     }
   }
 }
+#endif

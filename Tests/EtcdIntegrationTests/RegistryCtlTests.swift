@@ -31,7 +31,7 @@ struct RegistryCtl {
       }
       throw WaitTimeoutError(
         description:
-          "registryctl was not built next to the tests; run `swift build --build-tests` first"
+          "registryctl was not built next to the tests; run `swift build --build-tests --traits Tools` first"
       )
     }
   }
@@ -47,21 +47,12 @@ struct RegistryCtl {
     environment: [String: String] = [:],
     connection: Bool = true
   ) async throws -> (status: Int32, stdout: String, stderr: String) {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: try Self.executable)
-    process.arguments = connection ? self.arguments(arguments) : arguments
-    process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-    let out = Pipe()
-    let err = Pipe()
-    process.standardOutput = out
-    process.standardError = err
-    let status: Int32 = try await withCheckedThrowingContinuation { continuation in
-      process.terminationHandler = { continuation.resume(returning: $0.terminationStatus) }
-      do { try process.run() } catch { continuation.resume(throwing: error) }
-    }
-    let stdout = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    return (status, stdout, stderr)
+    let run = try await Command.run(
+      try Self.executable,
+      connection ? self.arguments(arguments) : arguments,
+      environment: environment
+    )
+    return (run.status, run.stdout, run.stderr)
   }
 
   /// Starts a long-running command (register, watch) and returns the process.
@@ -238,16 +229,12 @@ struct RegistryCtlTests {
   @Test("an unreachable etcd exits 3 with advice")
   func unreachable() async throws {
     let port = try await withEtcdCluster { $0.members[0].clientPort }
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: try RegistryCtl.executable)
-    process.arguments = ["list", "svc", "--etcd", "127.0.0.1:\(port)", "--timeout", "1"]
-    let err = Pipe()
-    process.standardError = err
-    process.standardOutput = FileHandle.nullDevice
-    try process.run()
-    process.waitUntilExit()
-    #expect(process.terminationStatus == 3)
-    let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    let run = try await Command.run(
+      try RegistryCtl.executable,
+      ["list", "svc", "--etcd", "127.0.0.1:\(port)", "--timeout", "1"]
+    )
+    #expect(run.status == 3)
+    let message = run.stderr
     #expect(message.contains("etcd"), "\(message)")
   }
 

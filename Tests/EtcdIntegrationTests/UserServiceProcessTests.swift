@@ -15,7 +15,7 @@ enum Executables {
     guard FileManager.default.isExecutableFile(atPath: path) else {
       throw WaitTimeoutError(
         description:
-          "\(name) was not built next to the tests; run `swift build --build-tests` first"
+          "\(name) was not built next to the tests; run `swift build --build-tests --traits Tools` first"
       )
     }
     return path

@@ -1,3 +1,4 @@
+import EtcdHarness
 import Foundation
 import GRPCConnection
 import GRPCCore
@@ -380,40 +381,26 @@ private let attackScript = URL(fileURLWithPath: #filePath)
 /// Runs the attack script to its end (it limits itself to 20 s; killed after 40) and decodes the
 /// JSON line it prints last.
 private func runAttackScript(_ arguments: [String]) async throws -> (AttackReport, String) {
-  let directory = FileManager.default.temporaryDirectory
-  let id = UUID().uuidString
-  let stdoutURL = directory.appendingPathComponent("h2-attack-\(id).out")
-  let stderrURL = directory.appendingPathComponent("h2-attack-\(id).err")
-  guard FileManager.default.createFile(atPath: stdoutURL.path, contents: nil),
-    FileManager.default.createFile(atPath: stderrURL.path, contents: nil)
-  else {
-    throw TestFailure("could not create the attack script's output files in \(directory.path)")
-  }
-  defer {
-    try? FileManager.default.removeItem(at: stdoutURL)
-    try? FileManager.default.removeItem(at: stderrURL)
-  }
-  let process = Process()
   // python3 from PATH; the script itself falls back to /usr/bin/python3 (Debian's, which sees
   // python3-h2) when that one lacks the module.
-  process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-  process.arguments = ["python3", attackScript.path] + arguments + ["--time-limit", "20"]
-  process.standardOutput = try FileHandle(forWritingTo: stdoutURL)
-  process.standardError = try FileHandle(forWritingTo: stderrURL)
+  let run: Command.Output
   do {
-    try process.run()
+    run = try await Command.run(
+      "python3",
+      [attackScript.path] + arguments + ["--time-limit", "20"],
+      timeout: .seconds(40)
+    )
   } catch {
     throw TestFailure("could not start \(attackScript.path) with python3: \(error)")
   }
-  do {
-    try await poll(within: .seconds(40), "h2-attack.py to exit") { !process.isRunning }
-  } catch {
-    process.terminate()
-    throw error
+  guard !run.timedOut else {
+    throw TestFailure(
+      "h2-attack.py \(arguments.joined(separator: " ")) ran past 40 s and was killed"
+    )
   }
-  let output = (try? String(contentsOf: stdoutURL, encoding: .utf8)) ?? ""
-  let errors = (try? String(contentsOf: stderrURL, encoding: .utf8)) ?? ""
-  switch process.terminationStatus {
+  let output = run.stdout
+  let errors = run.stderr
+  switch run.status {
   case 0:
     ()
   case 3:

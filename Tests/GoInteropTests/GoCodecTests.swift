@@ -632,39 +632,12 @@ struct GoCodecTests {
     within timeout: Duration = .seconds(120)
   ) async throws -> (status: Int32, stdout: String, stderr: String) {
     let binary = try await GoInteropBinary.path()
-    let directory = FileManager.default.temporaryDirectory
-      .appendingPathComponent("go-interop-run-\(UUID().uuidString.prefix(8))")
-    try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-    defer { try? FileManager.default.removeItem(at: directory) }
-    let paths = ["stdin", "stdout", "stderr"].map { directory.appendingPathComponent($0).path }
-    guard FileManager.default.createFile(atPath: paths[0], contents: Data(input.utf8)),
-      FileManager.default.createFile(atPath: paths[1], contents: nil),
-      FileManager.default.createFile(atPath: paths[2], contents: nil),
-      let stdin = FileHandle(forReadingAtPath: paths[0]),
-      let stdout = FileHandle(forWritingAtPath: paths[1]),
-      let stderr = FileHandle(forWritingAtPath: paths[2])
-    else { throw GoInteropError("could not create files in \(directory.path)") }
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: binary)
-    process.arguments = arguments
-    process.standardInput = stdin
-    process.standardOutput = stdout
-    process.standardError = stderr
-    try process.run()
-    do {
-      try await waitUntil("go-interop \(arguments[0]) exits", within: timeout) {
-        !process.isRunning
-      }
-    } catch {
-      kill(process.processIdentifier, SIGKILL)
-      throw error
+    let run = try await Command.run(binary, arguments, input: input, timeout: timeout)
+    guard !run.timedOut else {
+      throw GoInteropError(
+        "go-interop \(arguments[0]) did not exit within \(timeout): \(run.stderr)"
+      )
     }
-    try? stdin.close()
-    try? stdout.close()
-    try? stderr.close()
-    let read = { (path: String) in
-      String(decoding: FileManager.default.contents(atPath: path) ?? Data(), as: UTF8.self)
-    }
-    return (process.terminationStatus, read(paths[1]), read(paths[2]))
+    return (run.status, run.stdout, run.stderr)
   }
 }

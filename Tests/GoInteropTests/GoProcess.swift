@@ -1,3 +1,4 @@
+import EtcdHarness
 import Foundation
 import RegistryPrimitives
 import RegistryTesting
@@ -36,17 +37,8 @@ enum GoInteropBinary {
     return try await task.value
   }
 
-  private static func locate(_ name: String) -> String? {
-    let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
-    for directory in path.split(separator: ":") {
-      let candidate = "\(directory)/\(name)"
-      if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
-    }
-    return nil
-  }
-
   private static func build() async throws -> String {
-    guard let go = Self.locate("go") else {
+    guard let go = Command.locate("go") else {
       throw GoInteropError(
         "`go` is not on PATH; the grpc-go interop tests need it: \(installAdvice)"
       )
@@ -63,33 +55,27 @@ enum GoInteropBinary {
       .appendingPathComponent("go-interop-\(UUID().uuidString.prefix(8))")
     try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
     let binary = directory.appendingPathComponent("go-interop").path
-    var environment = ProcessInfo.processInfo.environment
-    environment["GO111MODULE"] = "off"
-    environment["GOPATH"] = "\(Self.repositoryRoot.path)/GoInterop:/usr/share/gocode"
-    environment["GOFLAGS"] = ""
-    if environment["HOME"] == nil, environment["GOCACHE"] == nil {
+    var environment = [
+      "GO111MODULE": "off",
+      "GOPATH": "\(Self.repositoryRoot.path)/GoInterop:/usr/share/gocode",
+      "GOFLAGS": "",
+    ]
+    let inherited = ProcessInfo.processInfo.environment
+    if inherited["HOME"] == nil, inherited["GOCACHE"] == nil {
       environment["GOCACHE"] = directory.appendingPathComponent("cache").path
     }
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: go)
-    process.arguments = ["build", "-o", binary, "grpcinterop/cmd/go-interop"]
-    process.environment = environment
-    let errors = Pipe()
-    process.standardError = errors
-    process.standardOutput = FileHandle.nullDevice
-    process.standardInput = FileHandle.nullDevice
-    let status: Int32 = try await withCheckedThrowingContinuation { continuation in
-      process.terminationHandler = { continuation.resume(returning: $0.terminationStatus) }
-      do {
-        try process.run()
-      } catch {
-        process.terminationHandler = nil
-        continuation.resume(throwing: GoInteropError("could not run \(go): \(error)"))
-      }
+    let run: Command.Output
+    do {
+      run = try await Command.run(
+        go,
+        ["build", "-o", binary, "grpcinterop/cmd/go-interop"],
+        environment: environment
+      )
+    } catch {
+      throw GoInteropError("could not run \(go): \(error)")
     }
-    let output = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    guard status == 0 else {
-      throw GoInteropError("go build of the interop server failed (\(status)): \(output)")
+    guard run.status == 0 else {
+      throw GoInteropError("go build of the interop server failed (\(run.status)): \(run.stderr)")
     }
     return binary
   }

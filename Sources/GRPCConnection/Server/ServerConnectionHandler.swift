@@ -25,11 +25,14 @@ final class ServerConnectionHandler: ChannelInboundHandler {
   /// Starts a call's handler (in a task of the server's).
   typealias Launch = @Sendable (ServerStream, MethodDescriptor) -> Void
 
-  private struct StreamRecord {
+  private struct StreamRecord: InboundWindowedStream {
     var machine: ServerStreamStateMachine
     let stream: ServerStream
     var window: InboundWindow
     var deadline: Scheduled<Void>?
+    // A handler that does not read keeps its client's window closed: the request data it has not
+    // read is bounded by one window.
+    var readerIsBehind: Bool { self.stream.isOverBuffered }
   }
 
   private let settings: Settings
@@ -463,23 +466,13 @@ final class ServerConnectionHandler: ChannelInboundHandler {
   // MARK: - Flow control
 
   private func windowUpdated(_ event: NIOHTTP2WindowUpdatedEvent, context: ChannelHandlerContext) {
-    guard let window = event.inboundWindowSize else { return }
-    if event.streamID == .rootStream {
-      let target = self.settings.connectionWindowSize
-      if let increment = InboundWindow.connectionIncrement(window: window, target: target) {
-        self.sendWindowUpdate(.rootStream, increment: increment, context: context)
-      }
-      return
-    }
-    guard let index = self.streams.index(forKey: event.streamID) else { return }
-    // A handler that does not read keeps its client's window closed: the request data it has
-    // not read is bounded by one window.
-    let readerIsBehind = self.streams.values[index].stream.isOverBuffered
-    if let increment = self.streams.values[index].window.windowChanged(
-      to: window,
-      readerIsBehind: readerIsBehind
+    let target = self.settings.connectionWindowSize
+    if let update = InboundWindow.update(
+      for: event,
+      connectionTarget: target,
+      streams: &self.streams
     ) {
-      self.sendWindowUpdate(event.streamID, increment: increment, context: context)
+      self.sendWindowUpdate(update.streamID, increment: update.increment, context: context)
     }
   }
 
