@@ -5,6 +5,27 @@ import Testing
 
 @Suite("etcd harness", .timeLimit(.minutes(2)))
 struct HarnessSmokeTests {
+  @Test(
+    "Command.run feeds its input, collects both outputs and the status, and kills at its timeout"
+  )
+  func command() async throws {
+    let echo = try await Command.run(
+      "sh",
+      ["-c", "read line; echo \"got $line\"; echo oops >&2; exit 7"],
+      input: "hello\n"
+    )
+    #expect(echo.status == 7 && !echo.timedOut)
+    #expect(echo.stdout == "got hello\n" && echo.stderr == "oops\n")
+    let started = ContinuousClock.now
+    let hung = try await Command.run("sleep", ["30"], timeout: .milliseconds(200))
+    #expect(hung.timedOut)
+    #expect(hung.status == SIGKILL, "the status is the signal that ended it")
+    #expect(ContinuousClock.now - started < .seconds(20), "killed, not waited for")
+    await #expect(throws: HarnessError.self) {
+      try await Command.run("no-such-command-\(UUID().uuidString)", [])
+    }
+  }
+
   @Test("a single node starts, stores a key, and is cleaned up")
   func singleNode() async throws {
     let root = try await withEtcdCluster { etcd in

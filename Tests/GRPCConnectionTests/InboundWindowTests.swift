@@ -1,3 +1,4 @@
+import NIOHTTP2
 import Testing
 
 @testable import GRPCConnection
@@ -37,5 +38,34 @@ struct InboundWindowTests {
     #expect(InboundWindow.connectionIncrement(window: 600, target: 1000) == nil)
     #expect(InboundWindow.connectionIncrement(window: 500, target: 1000) == 500)
     #expect(InboundWindow.connectionIncrement(window: 0, target: 1000) == 1000)
+  }
+
+  /// A handler's stream record, as the handlers keep them.
+  struct Record: InboundWindowedStream {
+    var window = InboundWindow(target: 1000)
+    var readerIsBehind = false
+  }
+
+  @Test(
+    "a window event becomes the connection's or the open stream's update, none for a closed stream"
+  )
+  func events() {
+    var streams: [HTTP2StreamID: Record] = [1: Record(), 3: Record(readerIsBehind: true)]
+    func update(_ id: HTTP2StreamID, _ window: Int?) -> (streamID: HTTP2StreamID, increment: Int)? {
+      let event = NIOHTTP2WindowUpdatedEvent(
+        streamID: id,
+        inboundWindowSize: window,
+        outboundWindowSize: nil
+      )
+      return InboundWindow.update(for: event, connectionTarget: 4000, streams: &streams)
+    }
+    let connection = update(.rootStream, 1000)
+    #expect(connection?.streamID == .rootStream && connection?.increment == 3000)
+    #expect(update(.rootStream, nil) == nil, "an outbound-only change sends nothing")
+    let stream = update(1, 400)
+    #expect(stream?.streamID == 1 && stream?.increment == 600)
+    #expect(update(3, 100) == nil, "held back for a reader that is behind")
+    #expect(streams[3]?.window.readerCaughtUp() == 900)
+    #expect(update(5, 0) == nil, "a stream no longer open gets no update")
   }
 }
