@@ -21,8 +21,7 @@ final class LeaseKeepAliveLoop: Sendable {
   private let state = Locked(State())
   private let logger: Logger
   private let latency: CoreMetrics.Timer
-  private let shutdownSignal = Signal()
-  private let stoppedSignal = Signal()
+  private let lifetime = LoopLifetime()
 
   init(logger: Logger, latency: CoreMetrics.Timer) {
     self.logger = logger
@@ -65,21 +64,16 @@ final class LeaseKeepAliveLoop: Sendable {
     }
     for continuation in registrations { continuation.finish() }
     wake?.resume()
-    self.shutdownSignal.fire()
+    self.lifetime.shutdown()
   }
 
   /// Waits until ``run(client:)`` has returned.
   func stopped() async {
-    await self.stoppedSignal.waitIgnoringCancellation()
+    await self.lifetime.stopped()
   }
 
   func run(client: EtcdClient) async {
-    defer { self.stoppedSignal.fire() }
-    await withTaskGroup(of: Void.self) { group in
-      group.addTask { await self.loop(client: client) }
-      await self.shutdownSignal.waitIgnoringCancellation()
-      group.cancelAll()
-    }
+    await self.lifetime.run { await self.loop(client: client) }
   }
 
   private func loop(client: EtcdClient) async {

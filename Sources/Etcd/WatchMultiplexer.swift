@@ -47,8 +47,7 @@ final class WatchMultiplexer: Sendable {
 
   private let state = Locked(State())
   private let logger: Logger
-  private let shutdownSignal = Signal()
-  private let stoppedSignal = Signal()
+  private let lifetime = LoopLifetime()
 
   init(logger: Logger) {
     self.logger = logger
@@ -90,20 +89,15 @@ final class WatchMultiplexer: Sendable {
     outbound?.finish()
     for continuation in watchers { continuation.finish() }
     wake?.resume()
-    self.shutdownSignal.fire()
+    self.lifetime.shutdown()
   }
 
   func stopped() async {
-    await self.stoppedSignal.waitIgnoringCancellation()
+    await self.lifetime.stopped()
   }
 
   func run(client: EtcdClient) async {
-    defer { self.stoppedSignal.fire() }
-    await withTaskGroup(of: Void.self) { group in
-      group.addTask { await self.loop(client: client) }
-      await self.shutdownSignal.waitIgnoringCancellation()
-      group.cancelAll()
-    }
+    await self.lifetime.run { await self.loop(client: client) }
   }
 
   private func loop(client: EtcdClient) async {

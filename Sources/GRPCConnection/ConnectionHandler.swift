@@ -50,8 +50,7 @@ final class ConnectionHandler: ChannelInboundHandler {
   var closeError: (any Error)?
   private var goAwayLastStreamID: HTTP2StreamID?
   private var receivedSettings = false
-  private var inReadLoop = false
-  private var flushPending = false
+  private var flushes = FlushCoalescer()
 
   // Keep-alive.
   let pingData = HTTP2PingData(withInteger: .random(in: .min ... .max))
@@ -194,9 +193,7 @@ final class ConnectionHandler: ChannelInboundHandler {
   }
 
   func channelReadComplete(context: ChannelHandlerContext) {
-    self.inReadLoop = false
-    if self.flushPending {
-      self.flushPending = false
+    if self.flushes.readLoopEnded() {
       context.flush()
     }
     context.fireChannelReadComplete()
@@ -204,16 +201,14 @@ final class ConnectionHandler: ChannelInboundHandler {
 
   /// Flushes now, or at the end of the read loop when frames are written while reading.
   private func flushSoon(context: ChannelHandlerContext) {
-    if self.inReadLoop {
-      self.flushPending = true
-    } else {
+    if self.flushes.wrote() {
       context.flush()
     }
   }
 
   func channelRead(context: ChannelHandlerContext, data: NIOAny) {
     let frame = self.unwrapInboundIn(data)
-    self.inReadLoop = true
+    self.flushes.readStarted()
     if self.liveness.tracksReads {
       let streamFrame: Bool
       switch frame.payload {

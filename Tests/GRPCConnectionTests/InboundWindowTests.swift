@@ -69,3 +69,40 @@ struct InboundWindowTests {
     #expect(update(5, 0) == nil, "a stream no longer open gets no update")
   }
 }
+
+/// The flush policy both connection handlers share.
+@Suite("Flush coalescing")
+struct FlushCoalescerTests {
+  @Test("writes outside a read loop flush at once")
+  func outsideReadLoop() {
+    var flushes = FlushCoalescer()
+    let first = flushes.wrote()
+    let second = flushes.wrote()
+    let atEnd = flushes.readLoopEnded()
+    #expect(first && second)
+    #expect(!atEnd, "nothing held")
+  }
+
+  @Test("writes during a read loop share one flush at its end")
+  func duringReadLoop() {
+    var flushes = FlushCoalescer()
+    flushes.readStarted()
+    let first = flushes.wrote()
+    flushes.readStarted()
+    let second = flushes.wrote()
+    let atEnd = flushes.readLoopEnded()
+    let after = flushes.wrote()
+    #expect(!first && !second, "held while reading")
+    #expect(atEnd, "one flush for both writes")
+    #expect(!flushes.inReadLoop)
+    #expect(after, "after the loop, writes flush at once again")
+  }
+
+  @Test("a read loop without writes needs no flush")
+  func readLoopWithoutWrites() {
+    var flushes = FlushCoalescer()
+    flushes.readStarted()
+    let atEnd = flushes.readLoopEnded()
+    #expect(!atEnd)
+  }
+}

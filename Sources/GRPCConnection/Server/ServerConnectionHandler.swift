@@ -45,8 +45,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
   private var loopBoundSelf: NIOLoopBound<ServerConnectionHandler>?
   private var connection = ServerConnectionStateMachine()
   private var streams: [HTTP2StreamID: StreamRecord] = [:]
-  private var inReadLoop = false
-  private var flushPending = false
+  private var flushes = FlushCoalescer()
   private var lastStreamEnded = NIODeadline.now()
   /// Trailers written but not yet out of the HTTP/2 layer (flow control may hold a call's last
   /// DATA frames and its trailers after the stream counts as closed); a drained connection
@@ -163,25 +162,21 @@ final class ServerConnectionHandler: ChannelInboundHandler {
   }
 
   func channelReadComplete(context: ChannelHandlerContext) {
-    self.inReadLoop = false
-    if self.flushPending {
-      self.flushPending = false
+    if self.flushes.readLoopEnded() {
       context.flush()
     }
     context.fireChannelReadComplete()
   }
 
   private func flushSoon(context: ChannelHandlerContext) {
-    if self.inReadLoop {
-      self.flushPending = true
-    } else {
+    if self.flushes.wrote() {
       context.flush()
     }
   }
 
   func channelRead(context: ChannelHandlerContext, data: NIOAny) {
     let frame = self.unwrapInboundIn(data)
-    self.inReadLoop = true
+    self.flushes.readStarted()
     switch frame.payload {
     case .headers(let headers):
       if self.streams[frame.streamID] == nil {
