@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates the Swift code for the .proto files under Protos/, and the Go code of the grpc-go
-# interop server (GoInterop/, with Debian's protoc-gen-go from golang-goprotobuf-dev).
+# interop program (GoInterop/, with Debian's protoc-gen-go from golang-goprotobuf-dev).
 #
 # Builds the two protoc plugins (protoc-gen-swift from swift-protobuf and protoc-gen-grpc-swift-2
 # from grpc-swift-protobuf, at pinned versions) into .build-plugins/ when they are missing, then
@@ -99,9 +99,12 @@ generate etcd/etcd.proto Sources/Etcd/Generated Internal true false
 generate health/health.proto Sources/GRPCRegistry/Generated Internal true true
 # The example service is shared by the example server and client executables.
 generate user/user.proto Examples/UserService/Generated Public true true
+# gRPC's interop test service: InteropCasesTests serves it and calls it.
+generate testing/test.proto Tests/GoInteropTests/Generated Internal true true
 
-# The grpc-go interop server (GoInterop/src/grpcinterop, GOPATH mode): Go packages
-# grpcinterop/user and grpcinterop/interop, with the grpc plugin of protoc-gen-go 1.3.
+# The grpc-go interop program (GoInterop/src/grpcinterop, GOPATH mode): Go packages
+# grpcinterop/user, grpcinterop/interop and grpcinterop/testing, with the grpc plugin of
+# protoc-gen-go 1.3.
 generate_go() {
   local proto="$1"
   command -v protoc-gen-go >/dev/null 2>&1 || {
@@ -111,10 +114,11 @@ generate_go() {
   log "${proto} -> GoInterop/src/grpcinterop"
   "${protoc}" \
     --proto_path="${root}/Protos" \
-    --go_out="plugins=grpc,paths=source_relative,Muser/user.proto=grpcinterop/user,Minterop/interop.proto=grpcinterop/interop:${root}/GoInterop/src/grpcinterop" \
+    --go_out="plugins=grpc,paths=source_relative,Muser/user.proto=grpcinterop/user,Minterop/interop.proto=grpcinterop/interop,Mtesting/test.proto=grpcinterop/testing:${root}/GoInterop/src/grpcinterop" \
     "${root}/Protos/${proto}"
 }
 generate_go user/user.proto
 generate_go interop/interop.proto
+generate_go testing/test.proto
 
 log "done"

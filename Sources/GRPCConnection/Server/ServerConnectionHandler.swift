@@ -385,11 +385,21 @@ final class ServerConnectionHandler: ChannelInboundHandler {
       pending = buffer
     }
     func writePending(promise: EventLoopPromise<Void>?) {
-      guard let buffer = pending else {
+      guard var buffer = pending else {
         promise?.succeed()
         return
       }
       pending = nil
+      // A message larger than a frame leaves as flow control lets it, long after this write. Its
+      // frame-sized slices each count as data sent when they leave, as grpc-go's server resets
+      // ping strikes per DATA frame written: a grpc-go client's BDP pings (one per window of
+      // data it receives) are otherwise strikes, and a 300 KB response got the client
+      // GOAWAY(too_many_pings) about every other time (grpc-go's large_unary interop case).
+      while buffer.readableBytes > 16 * 1024, let slice = buffer.readSlice(length: 16 * 1024) {
+        let sent = context.eventLoop.makePromise(of: Void.self)
+        sent.futureResult.assumeIsolated().whenSuccess { self.connection.wroteHeadersOrData() }
+        self.write(id, .data(.init(data: .byteBuffer(slice))), promise: sent, context: context)
+      }
       self.write(id, .data(.init(data: .byteBuffer(buffer))), promise: promise, context: context)
       wroteStreamFrames = true
     }

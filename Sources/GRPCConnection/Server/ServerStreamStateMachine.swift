@@ -261,14 +261,17 @@ struct ServerStreamStateMachine {
   }
 
   /// The client's deadline passed.
+  ///
+  /// The trailers are a complete response, so a client still sending is reset with NO_ERROR, as
+  /// grpc-go's server does: gRPC keeps CANCEL for a response cut short, and gRPC's C core reports
+  /// a CANCEL that follows the trailers as the call's status (CANCELLED, not DEADLINE_EXCEEDED).
   mutating func deadlineExpired() -> DataAction {
     guard !self.isDone else { return .none }
     return self.fail(
       status: Status(
         code: .deadlineExceeded,
         message: "The call's deadline (grpc-timeout) passed before the server answered."
-      ),
-      reset: .cancel
+      )
     )
   }
 

@@ -4,8 +4,8 @@
 // grpc-go's defaults, BDP estimator included: its pings are what the interop tests are about.
 //
 //	go-interop serve [-addr 127.0.0.1:0]
-//	    Serves user.UserMesService and interop.InteropTest; prints "LISTENING host:port" on stdout
-//	    and stops when stdin closes or on SIGTERM/SIGINT.
+//	    Serves user.UserMesService, interop.InteropTest and grpc.testing.TestService; prints
+//	    "LISTENING host:port" on stdout and stops when stdin closes or on SIGTERM/SIGINT.
 //	go-interop bench -target host:port -calls N -concurrency C
 //	    Calls GetById N times from C goroutines over one connection; prints one JSON line.
 //	go-interop reconnect -target host:port -calls N [-stream M] [-concurrency C]
@@ -18,6 +18,10 @@
 //	go-interop naming-call -etcd host:port -target /prefix/service [-calls N]
 //	    Dials etcd:///<target> through etcd's grpc-go resolver with round_robin and calls
 //	    GetById on commands from stdin (see naming.go).
+//	go-interop interop-client -addr host:port -cases a,b,c [-timeout 20s]
+//	    Runs gRPC's standard interop test cases against a grpc.testing.TestService server;
+//	    prints "PASS <case>" or "FAIL <case>: <why>" for each and exits 1 if any failed (see
+//	    testcases.go).
 package main
 
 import (
@@ -43,12 +47,13 @@ import (
 	"google.golang.org/grpc/status"
 
 	"grpcinterop/interop"
+	testpb "grpcinterop/testing"
 	"grpcinterop/user"
 )
 
 func main() {
 	if len(os.Args) < 2 {
-		fail("usage: go-interop serve|bench|reconnect|json|naming-call [flags]")
+		fail("usage: go-interop serve|bench|reconnect|json|naming-call|interop-client [flags]")
 	}
 	switch os.Args[1] {
 	case "serve":
@@ -61,8 +66,11 @@ func main() {
 		codecMode(os.Args[2:])
 	case "naming-call":
 		namingCall(os.Args[2:])
+	case "interop-client":
+		interopClient(os.Args[2:])
 	default:
-		fail("unknown mode " + os.Args[1] + "; use serve, bench, reconnect, json or naming-call")
+		fail("unknown mode " + os.Args[1] +
+			"; use serve, bench, reconnect, json, naming-call or interop-client")
 	}
 }
 
@@ -161,6 +169,7 @@ func serve(args []string) {
 	server := grpc.NewServer()
 	user.RegisterUserMesServiceServer(server, &userService{address: address})
 	interop.RegisterInteropTestServer(server, &interopService{address: address})
+	testpb.RegisterTestServiceServer(server, &testService{})
 
 	// The parent holds our stdin open; when it goes away (even by a crash), so do we.
 	go func() {
