@@ -69,6 +69,8 @@ let package = Package(
       name: "RegistryCore",
       dependencies: [
         "RegistryPrimitives",
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
         .product(name: "Logging", package: "swift-log"),
       ],
       swiftSettings: strictSettings

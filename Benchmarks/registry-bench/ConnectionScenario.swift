@@ -65,7 +65,7 @@ enum ConnectionScenario {
         group.addTask { try await server.serve() }
         name.value = try await transport.listeningAddress.description
         FileHandle.standardOutput.write(Data("LISTENING \(name.value)\n".utf8))
-        _ = await Task.detached { FileHandle.standardInput.readDataToEndOfFile() }.value
+        await Self.standardInputClosed()
         server.beginGracefulShutdown()
       }
       return true
@@ -90,10 +90,17 @@ enum ConnectionScenario {
       name.value = "\(address.host):\(address.port)"
       FileHandle.standardOutput.write(Data("LISTENING \(name.value)\n".utf8))
       // The parent holds stdin open; its end (even by a crash) ends the server.
-      _ = await Task.detached { FileHandle.standardInput.readDataToEndOfFile() }.value
+      await Self.standardInputClosed()
       server.beginGracefulShutdown()
     }
     return true
+  }
+
+  /// Returns once standard input reaches its end. The blocking read runs on a thread of its own,
+  /// not in a task: with REGISTRY_BENCH_NIO_EXECUTOR=1 a task runs on an event loop, which a
+  /// blocking read would stop.
+  private static func standardInputClosed() async {
+    await onThread { _ = FileHandle.standardInput.readDataToEndOfFile() }
   }
 
   private static func run(_ context: BenchContext) async throws -> Metrics {
@@ -438,7 +445,7 @@ final class Child: Sendable {
     process.standardInput = input
     process.standardOutput = output
     try process.run()
-    let line = await Task.detached { () -> String in
+    let line = await onThread { () -> String in
       var text = ""
       while !text.contains("\n") {
         let data = output.fileHandleForReading.availableData
@@ -446,7 +453,7 @@ final class Child: Sendable {
         text += String(decoding: data, as: UTF8.self)
       }
       return text
-    }.value
+    }
     guard line.hasPrefix("LISTENING "), let first = line.split(separator: "\n").first else {
       process.terminate()
       throw BenchError("\(executable) did not start: \(line)")
@@ -472,6 +479,14 @@ final class Child: Sendable {
   func stop() {
     try? self.input.fileHandleForWriting.close()
     self.process.waitUntilExit()
+  }
+}
+
+/// Runs blocking `body` on a thread of its own (never on an event loop, which may be where tasks
+/// run) and returns its result.
+func onThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+  await withCheckedContinuation { continuation in
+    Thread.detachNewThread { continuation.resume(returning: body()) }
   }
 }
 

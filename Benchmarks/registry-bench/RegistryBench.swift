@@ -4,6 +4,8 @@ import Etcd
 import EtcdHarness
 import Foundation
 import Logging
+import NIOCore
+import NIOPosix
 
 @main
 struct RegistryBench: AsyncParsableCommand {
@@ -84,6 +86,12 @@ struct RegistryBench: AsyncParsableCommand {
   }
 
   func run() async throws {
+    // REGISTRY_BENCH_NIO_EXECUTOR=1: Swift concurrency's global executor is NIO's event loops
+    // (inherited by conn's Swift servers), to compare the hops between tasks and event loops.
+    if ProcessInfo.processInfo.environment["REGISTRY_BENCH_NIO_EXECUTOR"] == "1" {
+      guard NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
+      else { throw BenchError("could not make NIO's event loops the global executor") }
+    }
     // `conn` re-runs this executable as its Swift server.
     if try await ConnectionScenario.serveIfAsked() { return }
     let level = Logger.Level(rawValue: self.logLevel) ?? .warning
