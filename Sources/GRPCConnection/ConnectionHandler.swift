@@ -301,16 +301,12 @@ final class ConnectionHandler: ChannelInboundHandler {
           return
         }
         streamID = id
-        // An RPC without request messages ends the stream on its HEADERS.
-        let frame = HTTP2Frame(
-          streamID: id,
-          payload: .headers(.init(headers: headers, endStream: nextIsEnd))
-        )
+        // Never END_STREAM on the HEADERS, even for a request without messages: gRPC's HTTP/2
+        // protocol ends a request on a DATA frame (an empty one when nothing is left to send),
+        // and grpc-go's servers before 1.84 never tell a streaming handler about an END_STREAM
+        // on HEADERS, so its Recv() waits forever (grpc/grpc-go#2867). `.end` sends that frame.
+        let frame = HTTP2Frame(streamID: id, payload: .headers(.init(headers: headers)))
         context.write(self.wrapOutboundOut(frame), promise: nil)
-        if nextIsEnd {
-          index += 1
-          endsStream = true
-        }
 
       case .message(let buffer):
         guard let id = streamID, self.isWritable(id) else { break }
