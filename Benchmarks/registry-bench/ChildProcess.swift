@@ -21,8 +21,8 @@ final class ChildProcess: Sendable {
   let logPath: String
   /// Its stdout lines, with `line` and `eof` recorded as they arrive.
   let output = Arrivals()
-  private let lines = Shared<[String]>([])
-  private let exitStatus = Shared<Int32?>(nil)
+  private let lines = Locked<[String]>([])
+  private let exitStatus = Locked<Int32?>(nil)
   private let reaped = Arrivals()
 
   private static let running = Locked<[pid_t: String]>([:])

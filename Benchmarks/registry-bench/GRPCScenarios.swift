@@ -126,8 +126,8 @@ enum GRPCScenarios {
           base.beginGracefulShutdown()
         }
         _ = try await base.registeredInstance()
-        let failures = Shared(0)
-        let stop = Shared(false)
+        let failures = Locked(0)
+        let stop = Locked(false)
         let metrics = try await withGRPCClient(transport: transport) { client in
           let users = User_UserMesService.Client(wrapping: client)
           return try await withThrowingTaskGroup(of: Void.self) { callers in
@@ -240,8 +240,8 @@ enum GRPCScenarios {
         registries in
         let registry = registries[0]
         let arrivals = Arrivals()
-        let failures = Shared<[ContinuousClock.Instant]>([])
-        let errors = Shared<[String]>([])
+        let failures = Locked<[ContinuousClock.Instant]>([])
+        let errors = Locked<[String]>([])
         let transport = RegistryClientTransport(
           target: RegistryTarget(service: service),
           registry: registry,
@@ -250,7 +250,7 @@ enum GRPCScenarios {
         return try await withThrowingTaskGroup(of: Void.self) { group in
           group.addTask { await follow(registry.watch(service), into: arrivals, logger: logger) }
           defer { group.cancelAll() }
-          let stop = Shared(false)
+          let stop = Locked(false)
           return try await withGRPCClient(transport: transport) { client in
             let users = User_UserMesService.Client(wrapping: client)
             let metrics = try await withThrowingTaskGroup(of: Void.self) { callers in
@@ -294,7 +294,7 @@ enum GRPCScenarios {
     service: String,
     transport: RegistryClientTransport,
     arrivals: Arrivals,
-    failures: Shared<[ContinuousClock.Instant]>
+    failures: Locked<[ContinuousClock.Instant]>
   ) async throws -> Metrics {
     var discovery: [Duration] = []
     var client: [Duration] = []
@@ -391,7 +391,7 @@ enum GRPCScenarios {
     let prefix = context.prefix("f")
     let service = "bench-f"
     let logger = context.logger
-    let ownBalancedRate = Shared<Double?>(nil)
+    let ownBalancedRate = Locked<Double?>(nil)
     let own = try await UserServers.with(
       3,
       endpoint: context.endpoint,
@@ -763,8 +763,8 @@ enum GRPCScenarios {
       prefix: prefix,
       service: service
     ) { initial in
-      let slots = Shared(initial.map { Optional($0.child) })
-      let stats = Shared(SoakStats())
+      let slots = Locked(initial.map { Optional($0.child) })
+      let stats = Locked(SoakStats())
       let outcome: Swift.Result<Metrics, any Error>
       do {
         outcome = .success(
@@ -782,7 +782,7 @@ enum GRPCScenarios {
       let restarted = slots.withLock { $0.compactMap { $0 } }.filter { child in
         !initial.contains { $0.child === child }
       }
-      let unclean = Shared(0)
+      let unclean = Locked(0)
       await withTaskGroup(of: Void.self) { group in
         for child in restarted {
           group.addTask {
@@ -800,8 +800,8 @@ enum GRPCScenarios {
   private static func soakClient(
     _ context: BenchContext,
     service: String,
-    slots: Shared<[ChildProcess?]>,
-    stats: Shared<SoakStats>
+    slots: Locked<[ChildProcess?]>,
+    stats: Locked<SoakStats>
   ) async throws -> Metrics {
     let prefix = context.prefix("soak")
     let logger = context.logger
@@ -826,7 +826,7 @@ enum GRPCScenarios {
         let rssStart = residentMemory()
         let start = ContinuousClock.now
         let deadline = start + duration
-        let rssByMinute = Shared<[Int]>([])
+        let rssByMinute = Locked<[Int]>([])
         let calls = await withTaskGroup(of: CallTally.self) { group in
           for _ in 0 ..< 8 {
             group.addTask {
@@ -908,14 +908,14 @@ enum GRPCScenarios {
   }
 
   private static func restartAtRandom(
-    slots: Shared<[ChildProcess?]>,
-    stats: Shared<SoakStats>,
+    slots: Locked<[ChildProcess?]>,
+    stats: Locked<SoakStats>,
     until deadline: ContinuousClock.Instant,
     endpoint: String,
     prefix: String,
     service: String
   ) async {
-    let busy = Shared(Set<Int>())
+    let busy = Locked(Set<Int>())
     // Discarding: a plain task group keeps every finished child task (~1.5 KB or more each) until
     // someone calls `next()`, which this loop never does; over a 25-minute soak that was ~4 KB per
     // restart of the benchmark's own memory, read as the client's.
@@ -976,7 +976,7 @@ enum GRPCScenarios {
     transport: RegistryClientTransport,
     registry: EtcdServiceRegistry,
     service: String,
-    stats: Shared<SoakStats>,
+    stats: Locked<SoakStats>,
     until deadline: ContinuousClock.Instant
   ) async {
     while ContinuousClock.now + .seconds(10) < deadline {
@@ -1180,16 +1180,5 @@ enum MemoryChild {
         return rss
       }
     }
-  }
-}
-
-/// A value shared between tasks, behind a lock.
-final class Shared<Value: Sendable>: Sendable {
-  private let mutex: Locked<Value>
-
-  init(_ value: Value) { self.mutex = Locked(value) }
-
-  func withLock<Result: Sendable>(_ body: (inout Value) -> Result) -> Result {
-    self.mutex.withLock { value in body(&value) }
   }
 }

@@ -23,7 +23,7 @@ struct EtcdRegistryFaultTests {
 
       // Each server registers 10 instances and deregisters every third one, while the leader dies.
       let leader = try await cluster.leader()
-      let expected = Shared(Set<String>())
+      let expected = Locked(Set<String>())
       try await withThrowingTaskGroup(of: Void.self) { group in
         for (index, server) in servers.enumerated() {
           group.addTask {
@@ -32,25 +32,25 @@ struct EtcdRegistryFaultTests {
               try await retrying {
                 try await server.registry.register(ServiceInstance(name: "svc", address: address))
               }
-              expected.value.withLock { _ = $0.insert(address) }
+              expected.withLock { _ = $0.insert(address) }
               if port % 3 == 0 {
                 try await retrying {
                   try await server.registry.deregister(service: "svc", address: address)
                 }
-                expected.value.withLock { _ = $0.remove(address) }
+                expected.withLock { _ = $0.remove(address) }
               }
             }
           }
         }
         group.addTask {
           try await waitUntil("churn has started", within: .seconds(10)) {
-            expected.value.withLock { $0.count } >= 8
+            expected.withLock { $0.count } >= 8
           }
           await leader.kill()
         }
         try await group.waitForAll()
       }
-      let truth = expected.value.withLock { $0 }.sorted()
+      let truth = expected.withLock { $0 }.sorted()
       #expect(truth.count == 28)
       for recorder in recorders {
         try await recorder.waitForAddresses(truth, within: .seconds(20))
@@ -162,10 +162,4 @@ func retrying(_ body: () async throws -> Void) async throws {
     }
   }
   throw lastError ?? WaitTimeoutError(description: "retrying timed out")
-}
-
-/// Mutable state shared with child tasks.
-final class Shared<Value: Sendable>: Sendable {
-  let value: Locked<Value>
-  init(_ value: Value) { self.value = Locked(value) }
 }

@@ -3,6 +3,7 @@ import EtcdHarness
 import EtcdRegistry
 import Foundation
 import RegistryCore
+import RegistryPrimitives
 import RegistryTesting
 import Synchronization
 import Testing
@@ -19,12 +20,12 @@ struct PagedListingTests {
       for index in 0 ..< 120 {
         try await etcd.put("\(prefix)\(String(format: "%04d", index))", value: "v\(index)")
       }
-      let writing = Shared(true)
+      let writing = Locked(true)
       try await withThrowingTaskGroup(of: Void.self) { group in
         group.addTask {
           // Puts and deletes spread over the whole range, so most pages are overtaken.
           var round = 0
-          while writing.value.withLock({ $0 }) {
+          while writing.withLock({ $0 }) {
             let index = (round * 37) % 160
             let key = "\(prefix)\(String(format: "%04d", index))"
             if round % 3 == 0 {
@@ -35,7 +36,7 @@ struct PagedListingTests {
             round += 1
           }
         }
-        defer { writing.value.withLock { $0 = false } }
+        defer { writing.withLock { $0 = false } }
         var revisions = Set<Int64>()
         for _ in 0 ..< 15 {
           let paged = try await etcd.getAll(.prefix(prefix), pageSize: 7)
@@ -49,7 +50,7 @@ struct PagedListingTests {
           revisions.insert(paged.header.revision)
         }
         #expect(revisions.count > 1, "writes happened between the listings")
-        writing.value.withLock { $0 = false }
+        writing.withLock { $0 = false }
         try await group.waitForAll()
       }
     }

@@ -2,6 +2,7 @@ import EtcdHarness
 import EtcdRegistry
 import Foundation
 import RegistryCore
+import RegistryPrimitives
 import RegistryTesting
 import Synchronization
 import Testing
@@ -70,7 +71,7 @@ struct RegistryCtl {
 /// Collects a pipe's output as it arrives.
 final class OutputCollector: Sendable {
   let pipe = Pipe()
-  private let text = Shared("")
+  private let text = Locked("")
 
   init() {
     let text = self.text
@@ -81,11 +82,11 @@ final class OutputCollector: Sendable {
         handle.readabilityHandler = nil
         return
       }
-      text.value.withLock { $0 += String(decoding: data, as: UTF8.self) }
+      text.withLock { $0 += String(decoding: data, as: UTF8.self) }
     }
   }
 
-  var output: String { self.text.value.withLock { $0 } }
+  var output: String { self.text.withLock { $0 } }
 }
 
 @Suite("registryctl", .timeLimit(.minutes(3)))
