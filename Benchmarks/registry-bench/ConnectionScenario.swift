@@ -187,7 +187,7 @@ enum ConnectionScenario {
       let key = "\(serverName)_go_reconnect"
       if let only = Self.onlyCells, !only.contains(key) { continue }
       Report.progress("conn: 3000 sequential grpc-go calls -> \(serverName) server, counting drops")
-      let output = try await Child.run(
+      let output = try await Command.output(
         goBinary,
         ["reconnect", "-target", address, "-calls", "3000"]
       )
@@ -363,7 +363,7 @@ enum ConnectionScenario {
     calls: Int,
     concurrency: Int
   ) async throws -> Cell {
-    let output = try await Child.run(
+    let output = try await Command.output(
       binary,
       ["bench", "-target", address, "-calls", "\(calls)", "-concurrency", "\(concurrency)"]
     )
@@ -399,20 +399,8 @@ enum ConnectionScenario {
   private static func buildGo() async throws -> String {
     let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
       .deletingLastPathComponent().deletingLastPathComponent()
-    let directory = FileManager.default.temporaryDirectory
-      .appendingPathComponent("registry-bench-go-\(UUID().uuidString.prefix(8))")
-    try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-    let binary = directory.appendingPathComponent("go-interop").path
     Report.progress("conn: building the grpc-go client and server (go build, GOPATH mode)")
-    _ = try await Child.run(
-      "/usr/bin/env",
-      ["go", "build", "-o", binary, "grpcinterop/cmd/go-interop"],
-      environment: [
-        "GO111MODULE": "off",
-        "GOPATH": "\(root.path)/GoInterop:/usr/share/gocode",
-      ]
-    )
-    return binary
+    return try await GoInteropBuild.build(repositoryRoot: root.path)
   }
 }
 
@@ -459,21 +447,6 @@ final class Child: Sendable {
       throw BenchError("\(executable) did not start: \(line)")
     }
     return Child(process: process, input: input, address: String(first.dropFirst(10)))
-  }
-
-  /// Runs a command to its end and returns its stdout; throws when it fails.
-  static func run(
-    _ executable: String,
-    _ arguments: [String],
-    environment: [String: String] = [:]
-  ) async throws -> String {
-    let run = try await Command.run(executable, arguments, environment: environment)
-    guard run.status == 0 else {
-      throw BenchError(
-        "\(executable) \(arguments.joined(separator: " ")) failed (\(run.status)): \(run.stdout)\(run.stderr)"
-      )
-    }
-    return run.stdout
   }
 
   func stop() {

@@ -92,6 +92,25 @@ package enum Command {
     )
   }
 
+  /// Runs `executable` as ``run(_:_:environment:input:timeout:)`` does and returns its standard
+  /// output.
+  ///
+  /// - Throws: ``HarnessError`` with the command line and its output when it cannot start or exits
+  ///   with a status other than 0.
+  package static func output(
+    _ executable: String,
+    _ arguments: [String],
+    environment: [String: String] = [:]
+  ) async throws -> String {
+    let run = try await Self.run(executable, arguments, environment: environment)
+    guard run.status == 0 else {
+      throw HarnessError(
+        "`\(([executable] + arguments).joined(separator: " "))` failed with status \(run.status): \(run.stderr)\(run.stdout)"
+      )
+    }
+    return run.stdout
+  }
+
   /// Starts `path` with its standard input from `stdin` and its output into two files.
   private static func spawn(
     _ path: String,

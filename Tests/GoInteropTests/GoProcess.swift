@@ -21,11 +21,6 @@ enum GoInteropBinary {
       .deletingLastPathComponent()
   }
 
-  static let installAdvice =
-    "install Go and grpc-go from Debian's packages: run scripts/install-test-deps, or "
-    + "apt-get install golang-go golang-google-grpc-dev golang-goprotobuf-dev "
-    + "golang-google-protobuf-dev golang-etcd-server-dev"
-
   /// The path of the built binary; builds it on first use.
   static func path() async throws -> String {
     let task = Self.built.withLock { task in
@@ -38,46 +33,7 @@ enum GoInteropBinary {
   }
 
   private static func build() async throws -> String {
-    guard let go = Command.locate("go") else {
-      throw GoInteropError(
-        "`go` is not on PATH; the grpc-go interop tests need it: \(installAdvice)"
-      )
-    }
-    let gocode = "/usr/share/gocode/src/google.golang.org/grpc"
-    guard FileManager.default.fileExists(atPath: gocode) else {
-      throw GoInteropError("grpc-go is missing (\(gocode)): \(installAdvice)")
-    }
-    let resolver = "/usr/share/gocode/src/go.etcd.io/etcd/clientv3/naming/resolver"
-    guard FileManager.default.fileExists(atPath: resolver) else {
-      throw GoInteropError("etcd's Go client is missing (\(resolver)): \(installAdvice)")
-    }
-    let directory = FileManager.default.temporaryDirectory
-      .appendingPathComponent("go-interop-\(UUID().uuidString.prefix(8))")
-    try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-    let binary = directory.appendingPathComponent("go-interop").path
-    var environment = [
-      "GO111MODULE": "off",
-      "GOPATH": "\(Self.repositoryRoot.path)/GoInterop:/usr/share/gocode",
-      "GOFLAGS": "",
-    ]
-    let inherited = ProcessInfo.processInfo.environment
-    if inherited["HOME"] == nil, inherited["GOCACHE"] == nil {
-      environment["GOCACHE"] = directory.appendingPathComponent("cache").path
-    }
-    let run: Command.Output
-    do {
-      run = try await Command.run(
-        go,
-        ["build", "-o", binary, "grpcinterop/cmd/go-interop"],
-        environment: environment
-      )
-    } catch {
-      throw GoInteropError("could not run \(go): \(error)")
-    }
-    guard run.status == 0 else {
-      throw GoInteropError("go build of the interop server failed (\(run.status)): \(run.stderr)")
-    }
-    return binary
+    try await GoInteropBuild.build(repositoryRoot: Self.repositoryRoot.path)
   }
 }
 
