@@ -52,6 +52,9 @@ extension HTTP2Server {
     public var maxResetsPerWindow: Int
     public var resetWindow: Duration
 
+    /// Where call handlers run; ``HandlerExecution/eventLoopWhenAlone`` by default.
+    public var handlerExecution: HandlerExecution = .eventLoopWhenAlone
+
     public init(
       maxRequestMessageBytes: Int,
       maxConcurrentStreams: Int,
@@ -160,6 +163,47 @@ extension HTTP2Server {
       errors.windowLength = TimeAmount(self.resetWindow)
       configuration.streamErrorRateLimit = errors
       return configuration
+    }
+  }
+
+  /// Where an ``HTTP2Server`` runs call handlers.
+  ///
+  /// A handler on Swift concurrency's global executor costs a call two thread hand-offs: from
+  /// the connection's event loop, which read the request, to a pool thread, and back for the
+  /// response. For a client that makes one call at a time those hand-offs are most of the time
+  /// the server adds: with ``eventLoopWhenAlone`` a grpc-go client making one call at a time got
+  /// 18–41 % more calls/s and the server spent about 15 % less CPU per call (BENCHMARKS.md,
+  /// "Handlers on the event loop"). With calls in parallel the pool's threads are worth more
+  /// than the hand-offs, so those handlers stay there.
+  public struct HandlerExecution: Sendable, Hashable, CustomStringConvertible {
+    private enum Place: Hashable {
+      case pool
+      case eventLoopWhenAlone
+    }
+    private let place: Place
+
+    /// Every handler runs on Swift concurrency's global executor.
+    ///
+    /// For services whose handlers block their thread (synchronous file or network I/O, locks
+    /// held long) or compute for long: on an event loop they would hold up the I/O of every
+    /// connection on that loop while they run.
+    public static let concurrencyPool = Self(place: .pool)
+
+    /// The default. A call that is the only one open on its connection runs its handler on the
+    /// connection's event loop, if no other handler runs on that loop this way; every other
+    /// call runs on Swift concurrency's global executor. Child tasks of such a handler run on
+    /// the loop too.
+    ///
+    /// A handler must not block its thread in any case (the global executor has one thread per
+    /// core too), but on an event loop a handler that does also holds up the reads and writes of
+    /// that loop's connections: choose ``concurrencyPool`` for such services.
+    public static let eventLoopWhenAlone = Self(place: .eventLoopWhenAlone)
+
+    public var description: String {
+      switch self.place {
+      case .pool: "concurrencyPool"
+      case .eventLoopWhenAlone: "eventLoopWhenAlone"
+      }
     }
   }
 

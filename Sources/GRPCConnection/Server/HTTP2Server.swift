@@ -24,7 +24,8 @@ internal import Synchronization
 /// Each connection's frames go to one channel handler that drives a state machine for the
 /// connection (GOAWAY, idle and age limits, the client PING and SETTINGS policy) and one per
 /// call (request validation, framing, the response's headers, messages and trailers). A call's
-/// handler runs in a task of its own; the deadline a client sends (`grpc-timeout`), a client's
+/// handler runs in a task of its own, on the connection's event loop when it is the only call
+/// there (``HandlerExecution``); the deadline a client sends (`grpc-timeout`), a client's
 /// RST_STREAM and the connection's end cancel that task and fire the call's
 /// `ServerContext.cancellation`.
 ///
@@ -58,6 +59,8 @@ public final class HTTP2Server: ServerTransport, Sendable {
     var finished: CheckedContinuation<Void, Never>?
     var methods: [String: MethodDescriptor] = [:]
     var shutdownRequested = false
+    /// Each event loop's place for a handler (`HandlerExecution.eventLoopWhenAlone`).
+    var handlerSlots: [ObjectIdentifier: EventLoopHandlerSlot] = [:]
 
     var isDone: Bool {
       if case .listening = self.phase { return false }
@@ -283,13 +286,23 @@ public final class HTTP2Server: ServerTransport, Sendable {
     )
     let peers = Peers(channel: channel)
     let key = ObjectIdentifier(channel)
-    let methods = self.state.withLock { $0.methods }
+    let onLoop = self.config.handlerExecution == .eventLoopWhenAlone
+    let (methods, slot) = self.state.withLock { state in
+      var slot: EventLoopHandlerSlot?
+      if onLoop {
+        let loop = ObjectIdentifier(channel.eventLoop)
+        slot = state.handlerSlots[loop] ?? EventLoopHandlerSlot(eventLoop: channel.eventLoop)
+        state.handlerSlots[loop] = slot
+      }
+      return (state.methods, slot)
+    }
     let handler = ServerConnectionHandler(
       settings: settings,
       knownMethods: methods,
       logger: self.logger,
-      launch: { stream, descriptor in
-        launcher.launch(stream, descriptor: descriptor, peers: peers)
+      handlerSlot: slot,
+      launch: { stream, descriptor, slot in
+        launcher.launch(stream, descriptor: descriptor, peers: peers, slot: slot)
       },
       onClosed: { [weak self] in
         self?.connectionClosed(key)
@@ -350,11 +363,18 @@ private struct CallLauncher: Sendable {
   let streamHandler:
     @Sendable (RPCStream<HTTP2Server.Inbound, HTTP2Server.Outbound>, ServerContext) async -> Void
 
-  func launch(_ stream: ServerStream, descriptor: MethodDescriptor, peers: Peers) {
+  /// Runs the call's handler in a task: on `slot`'s event loop (releasing it when the handler
+  /// returns) when given one, on the global executor otherwise.
+  func launch(
+    _ stream: ServerStream,
+    descriptor: MethodDescriptor,
+    peers: Peers,
+    slot: EventLoopHandlerSlot?
+  ) {
     let server = self.server
     let streamHandler = self.streamHandler
     server.callStarted()
-    let task = Task {
+    let run: @Sendable () async -> Void = {
       await withServerContextRPCCancellationHandle { handle in
         stream.setCancellationHandle(handle)
         let rpc = RPCStream(
@@ -373,6 +393,15 @@ private struct CallLauncher: Sendable {
         await streamHandler(rpc, context)
       }
       server.callEnded()
+    }
+    let task: Task<Void, Never>
+    if let slot {
+      task = Task(executorPreference: slot) {
+        await run()
+        slot.release()
+      }
+    } else {
+      task = Task { await run() }
     }
     stream.attach(task)
   }

@@ -22,8 +22,10 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     var maxGraceTime: TimeAmount?
   }
 
-  /// Starts a call's handler (in a task of the server's).
-  typealias Launch = @Sendable (ServerStream, MethodDescriptor) -> Void
+  /// Starts a call's handler in a task of the server's: on the event loop of `slot` when there
+  /// is one (the handler must then release it), on the global executor otherwise.
+  typealias Launch =
+    @Sendable (ServerStream, MethodDescriptor, _ slot: EventLoopHandlerSlot?) -> Void
 
   private struct StreamRecord: InboundWindowedStream {
     var machine: ServerStreamStateMachine
@@ -38,6 +40,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
   private let settings: Settings
   private let knownMethods: [String: MethodDescriptor]
   private let launch: Launch
+  /// This loop's place for a handler; `nil`: every handler runs on the global executor.
+  private let handlerSlot: EventLoopHandlerSlot?
   private let logger: Logger
   private let onClosed: @Sendable () -> Void
 
@@ -60,11 +64,13 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     settings: Settings,
     knownMethods: [String: MethodDescriptor],
     logger: Logger,
+    handlerSlot: EventLoopHandlerSlot? = nil,
     launch: @escaping Launch,
     onClosed: @escaping @Sendable () -> Void
   ) {
     self.settings = settings
     self.knownMethods = knownMethods
+    self.handlerSlot = handlerSlot
     self.launch = launch
     self.logger = logger
     self.onClosed = onClosed
@@ -239,7 +245,13 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         }
       }
       self.streams[id] = record
-      self.launch(stream, descriptor)
+      // The connection's only call runs on this event loop if no other handler does: no hand-off
+      // to the pool and back (see `HTTP2Server.HandlerExecution`).
+      var slot: EventLoopHandlerSlot?
+      if self.streams.count == 1, let handlerSlot = self.handlerSlot, handlerSlot.take() {
+        slot = handlerSlot
+      }
+      self.launch(stream, descriptor, slot)
     case .reject(let response, let reset):
       self.write(id, .headers(.init(headers: response, endStream: true)), context: context)
       if reset { self.write(id, .rstStream(.noError), context: context) }
@@ -360,6 +372,11 @@ final class ServerConnectionHandler: ChannelInboundHandler {
 
   // MARK: - Responses (on the event loop, from ServerStream)
 
+  /// The most response bytes one DATA write carries: HTTP/2's default SETTINGS_MAX_FRAME_SIZE
+  /// (16 KiB), which every peer accepts. Small messages are gathered up to it; larger ones are
+  /// sliced to it.
+  static let dataFrameBytes = 16 * 1024
+
   func flush(_ stream: ServerStream) {
     let parts = stream.takeOutbound()
     let accounted = parts.reduce(0) { $0 + $1.bytes }
@@ -375,7 +392,9 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     // costs one frame per burst, not one per message, in the HTTP/2 layer's buffers.
     var pending: ByteBuffer?
     func addData(_ buffer: ByteBuffer) {
-      if var gathered = pending, gathered.readableBytes + buffer.readableBytes <= 16 * 1024 {
+      if var gathered = pending,
+        gathered.readableBytes + buffer.readableBytes <= Self.dataFrameBytes
+      {
         pending = nil  // so that the buffer is not copied on write
         gathered.writeImmutableBuffer(buffer)
         pending = gathered
@@ -395,7 +414,9 @@ final class ServerConnectionHandler: ChannelInboundHandler {
       // ping strikes per DATA frame written: a grpc-go client's BDP pings (one per window of
       // data it receives) are otherwise strikes, and a 300 KB response got the client
       // GOAWAY(too_many_pings) about every other time (grpc-go's large_unary interop case).
-      while buffer.readableBytes > 16 * 1024, let slice = buffer.readSlice(length: 16 * 1024) {
+      while buffer.readableBytes > Self.dataFrameBytes,
+        let slice = buffer.readSlice(length: Self.dataFrameBytes)
+      {
         let sent = context.eventLoop.makePromise(of: Void.self)
         sent.futureResult.assumeIsolated().whenSuccess { self.connection.wroteHeadersOrData() }
         self.write(id, .data(.init(data: .byteBuffer(slice))), promise: sent, context: context)
