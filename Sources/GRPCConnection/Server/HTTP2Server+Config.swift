@@ -172,7 +172,7 @@ extension HTTP2Server {
   /// the connection's event loop, which read the request, to a pool thread, and back for the
   /// response. For a client that makes one call at a time those hand-offs are most of the time
   /// the server adds: with ``eventLoopWhenAlone`` a grpc-go client making one call at a time got
-  /// 18–41 % more calls/s and the server spent about 15 % less CPU per call (BENCHMARKS.md,
+  /// 32–58 % more calls/s and the server spent 18–34 % less CPU per call (BENCHMARKS.md,
   /// "Handlers on the event loop"). With calls in parallel the pool's threads are worth more
   /// than the hand-offs, so those handlers stay there.
   public struct HandlerExecution: Sendable, Hashable, CustomStringConvertible {
