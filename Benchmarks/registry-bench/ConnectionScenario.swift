@@ -59,7 +59,14 @@ enum ConnectionScenario {
     let name = NameBox()
     if ProcessInfo.processInfo.environment["REGISTRY_BENCH_SERVER"] == "own" {
       // The project's own server transport.
-      let transport = HTTP2Server(host: "127.0.0.1", port: 0, logger: Logger(label: "bench"))
+      let transport = HTTP2Server(
+        host: "127.0.0.1",
+        port: 0,
+        config: .defaults {
+          if RegistryBench.handlersOnEventLoop { $0.handlerExecution = .eventLoopWhenAlone }
+        },
+        logger: Logger(label: "bench")
+      )
       let server = GRPCServer(transport: transport, services: [UserDirectory(name: { name.value })])
       try await withThrowingDiscardingTaskGroup { group in
         group.addTask { try await server.serve() }

@@ -397,7 +397,8 @@ enum GRPCScenarios {
       endpoint: context.endpoint,
       prefix: prefix,
       service: service,
-      groups: ["one"]
+      groups: ["one"],
+      extraArguments: RegistryBench.handlersOnEventLoop ? ["--handlers-on-event-loop"] : []
     ) { servers in
       try await withRegistries(1, configuration: context.registry(prefix: prefix), logger: logger) {
         registries in

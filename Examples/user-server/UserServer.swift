@@ -60,6 +60,12 @@ struct UserServer: AsyncParsableCommand {
   )
   var serverTransport = "own"
 
+  @Flag(
+    help:
+      "With --server-transport own: run the handler of a connection's only call on the connection's event loop (HTTP2Server.HandlerExecution.eventLoopWhenAlone)."
+  )
+  var handlersOnEventLoop = false
+
   @Option(
     help:
       "Serve Prometheus metrics at /metrics on this port, on the --listen host (0 picks a free port; off when absent)."
@@ -127,6 +133,10 @@ struct UserServer: AsyncParsableCommand {
     }
     let config = RegisteredServer.Config(name: self.name) {
       if self.serverTransport == "stock" { $0.transport = .stock }
+      if self.handlersOnEventLoop, case .own(var server) = $0.transport {
+        server.handlerExecution = .eventLoopWhenAlone
+        $0.transport = .own(server)
+      }
       $0.host = host
       $0.port = port
       $0.advertisedAddress = self.advertise

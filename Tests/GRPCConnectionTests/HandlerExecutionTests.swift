@@ -122,9 +122,8 @@ struct HandlerExecutionTests {
     ) { try $0.message.first }
   }
 
-  @Test("By default a connection's only call runs on its event loop, one call after another")
+  @Test("With eventLoopWhenAlone a connection's only call runs on its event loop, call after call")
   func aloneOnTheLoop() async throws {
-    #expect(HTTP2Server.Config.defaults.handlerExecution == .eventLoopWhenAlone)
     try await self.withPlacementServer(.eventLoopWhenAlone) { client in
       // Each call gives the loop's place back when its handler returns: the next one takes it.
       for _ in 0 ..< 3 {
@@ -134,8 +133,9 @@ struct HandlerExecutionTests {
     }
   }
 
-  @Test("With concurrencyPool no handler runs on an event loop")
+  @Test("By default (concurrencyPool) no handler runs on an event loop")
   func poolOnly() async throws {
+    #expect(HTTP2Server.Config.defaults.handlerExecution == .concurrencyPool)
     try await self.withPlacementServer(.concurrencyPool) { client in
       let placed = try await self.place(client)
       #expect(placed == 0)

@@ -52,8 +52,8 @@ extension HTTP2Server {
     public var maxResetsPerWindow: Int
     public var resetWindow: Duration
 
-    /// Where call handlers run; ``HandlerExecution/eventLoopWhenAlone`` by default.
-    public var handlerExecution: HandlerExecution = .eventLoopWhenAlone
+    /// Where call handlers run; ``HandlerExecution/concurrencyPool`` by default.
+    public var handlerExecution: HandlerExecution = .concurrencyPool
 
     public init(
       maxRequestMessageBytes: Int,
@@ -174,7 +174,8 @@ extension HTTP2Server {
   /// the server adds: with ``eventLoopWhenAlone`` a grpc-go client making one call at a time got
   /// 32–58 % more calls/s and the server spent 18–34 % less CPU per call (BENCHMARKS.md,
   /// "Handlers on the event loop"). With calls in parallel the pool's threads are worth more
-  /// than the hand-offs, so those handlers stay there.
+  /// than the hand-offs, so those handlers stay there. It is not the default: see its
+  /// trade-off.
   public struct HandlerExecution: Sendable, Hashable, CustomStringConvertible {
     private enum Place: Hashable {
       case pool
@@ -182,21 +183,20 @@ extension HTTP2Server {
     }
     private let place: Place
 
-    /// Every handler runs on Swift concurrency's global executor.
-    ///
-    /// For services whose handlers block their thread (synchronous file or network I/O, locks
-    /// held long) or compute for long: on an event loop they would hold up the I/O of every
-    /// connection on that loop while they run.
+    /// The default: every handler runs on Swift concurrency's global executor.
     public static let concurrencyPool = Self(place: .pool)
 
-    /// The default. A call that is the only one open on its connection runs its handler on the
-    /// connection's event loop, if no other handler runs on that loop this way; every other
-    /// call runs on Swift concurrency's global executor. Child tasks of such a handler run on
-    /// the loop too.
+    /// A call that is the only one open on its connection runs its handler on the connection's
+    /// event loop, if no other handler runs on that loop this way; every other call runs on
+    /// Swift concurrency's global executor. Child tasks of such a handler run on the loop too.
     ///
-    /// A handler must not block its thread in any case (the global executor has one thread per
-    /// core too), but on an event loop a handler that does also holds up the reads and writes of
-    /// that loop's connections: choose ``concurrencyPool`` for such services.
+    /// For services whose clients mostly make one call at a time, on a server whose event loops
+    /// are not busy. Each suspension of such a handler (a child task, a read, a deadline timer)
+    /// waits its turn in the loop's queue behind the loop's I/O: under heavy load (the whole
+    /// fast test tier in parallel under AddressSanitizer) a handler on a congested loop did not
+    /// start within a 2-second deadline, where it did on the pool. A handler that blocks its
+    /// thread or computes for long also holds up the reads and writes of every connection on
+    /// that loop while it runs.
     public static let eventLoopWhenAlone = Self(place: .eventLoopWhenAlone)
 
     public var description: String {

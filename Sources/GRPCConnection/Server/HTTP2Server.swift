@@ -24,8 +24,8 @@ internal import Synchronization
 /// Each connection's frames go to one channel handler that drives a state machine for the
 /// connection (GOAWAY, idle and age limits, the client PING and SETTINGS policy) and one per
 /// call (request validation, framing, the response's headers, messages and trailers). A call's
-/// handler runs in a task of its own, on the connection's event loop when it is the only call
-/// there (``HandlerExecution``); the deadline a client sends (`grpc-timeout`), a client's
+/// handler runs in a task of its own (on the connection's event loop when it is the only call
+/// there, if ``Config/handlerExecution`` asks for it); the deadline a client sends (`grpc-timeout`), a client's
 /// RST_STREAM and the connection's end cancel that task and fire the call's
 /// `ServerContext.cancellation`.
 ///
