@@ -28,6 +28,12 @@ import Glibc
 /// The grpc-go side is `GoInterop/` built with Debian's Go packages (see its README); the Swift
 /// server is this executable re-run with `REGISTRY_BENCH_SERVE_SWIFT=1`.
 enum ConnectionScenario {
+  /// `REGISTRY_BENCH_HANDLERS=loop`: the project's servers in conn and f run the handler of a
+  /// connection's only call on its event loop (`HTTP2Server.HandlerExecution.eventLoopWhenAlone`).
+  static var handlersOnEventLoop: Bool {
+    ProcessInfo.processInfo.environment["REGISTRY_BENCH_HANDLERS"] == "loop"
+  }
+
   /// The cells to run (`go_ours_c1,swift_stock_c64`, …) from `REGISTRY_BENCH_CONN_ONLY`, for
   /// profiling one client under `perf`; all of them when it is not set.
   static var onlyCells: Set<String>? {
@@ -63,7 +69,7 @@ enum ConnectionScenario {
         host: "127.0.0.1",
         port: 0,
         config: .defaults {
-          if RegistryBench.handlersOnEventLoop { $0.handlerExecution = .eventLoopWhenAlone }
+          if Self.handlersOnEventLoop { $0.handlerExecution = .eventLoopWhenAlone }
         },
         logger: Logger(label: "bench")
       )

@@ -21,12 +21,6 @@ struct RegistryBench: AsyncParsableCommand {
       """
   )
 
-  /// `REGISTRY_BENCH_HANDLERS=loop`: the project's servers in conn and f run the handler of a
-  /// connection's only call on its event loop (`HTTP2Server.HandlerExecution.eventLoopWhenAlone`).
-  static var handlersOnEventLoop: Bool {
-    ProcessInfo.processInfo.environment["REGISTRY_BENCH_HANDLERS"] == "loop"
-  }
-
   @Option(help: "Use this etcd (host:port) instead of starting a single-node etcd.")
   var etcd: String?
 
