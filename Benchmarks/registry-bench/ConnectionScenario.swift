@@ -28,10 +28,11 @@ import Glibc
 /// The grpc-go side is `GoInterop/` built with Debian's Go packages (see its README); the Swift
 /// server is this executable re-run with `REGISTRY_BENCH_SERVE_SWIFT=1`.
 enum ConnectionScenario {
-  /// `REGISTRY_BENCH_HANDLERS=loop`: the project's servers in conn and f run the handler of a
-  /// connection's only call on its event loop (`HTTP2Server.HandlerExecution.eventLoopWhenAlone`).
-  static var handlersOnEventLoop: Bool {
-    ProcessInfo.processInfo.environment["REGISTRY_BENCH_HANDLERS"] == "loop"
+  /// `REGISTRY_BENCH_HANDLERS=pool` or `loop`: where the project's servers in conn and f run
+  /// call handlers (`HTTP2Server.HandlerExecution`: `.concurrencyPool`, or
+  /// `.eventLoopWhenAlone`); the server's default when it is not set.
+  static var handlers: String? {
+    ProcessInfo.processInfo.environment["REGISTRY_BENCH_HANDLERS"]
   }
 
   /// The cells to run (`go_ours_c1,swift_stock_c64`, …) from `REGISTRY_BENCH_CONN_ONLY`, for
@@ -69,7 +70,11 @@ enum ConnectionScenario {
         host: "127.0.0.1",
         port: 0,
         config: .defaults {
-          if Self.handlersOnEventLoop { $0.handlerExecution = .eventLoopWhenAlone }
+          switch Self.handlers {
+          case "pool": $0.handlerExecution = .concurrencyPool
+          case "loop": $0.handlerExecution = .eventLoopWhenAlone
+          default: ()
+          }
         },
         logger: Logger(label: "bench")
       )

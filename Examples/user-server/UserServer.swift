@@ -60,11 +60,11 @@ struct UserServer: AsyncParsableCommand {
   )
   var serverTransport = "own"
 
-  @Flag(
+  @Option(
     help:
-      "With --server-transport own: run the handler of a connection's only call on the connection's event loop (HTTP2Server.HandlerExecution.eventLoopWhenAlone)."
+      "With --server-transport own, where call handlers run: 'loop' (the default: a connection's only call on the connection's event loop, HTTP2Server.HandlerExecution.eventLoopWhenAlone) or 'pool' (every handler on Swift concurrency's global executor)."
   )
-  var handlersOnEventLoop = false
+  var handlerExecution = "loop"
 
   @Option(
     help:
@@ -131,10 +131,16 @@ struct UserServer: AsyncParsableCommand {
         "--server-transport must be 'own' or 'stock', not '\(self.serverTransport)'"
       )
     }
+    guard self.handlerExecution == "loop" || self.handlerExecution == "pool" else {
+      throw ValidationError(
+        "--handler-execution must be 'loop' or 'pool', not '\(self.handlerExecution)'"
+      )
+    }
     let config = RegisteredServer.Config(name: self.name) {
       if self.serverTransport == "stock" { $0.transport = .stock }
-      if self.handlersOnEventLoop, case .own(var server) = $0.transport {
-        server.handlerExecution = .eventLoopWhenAlone
+      if case .own(var server) = $0.transport {
+        server.handlerExecution =
+          self.handlerExecution == "pool" ? .concurrencyPool : .eventLoopWhenAlone
         $0.transport = .own(server)
       }
       $0.host = host

@@ -38,6 +38,49 @@ struct HandlerExecutionTests {
         await self.gate.waitUntilOpen()
         return StreamingServerResponse(single: ServerResponse(message: [Self.onEventLoop]))
       }
+      self.registerBudgetMethods(with: &router)
+    }
+
+    static let streamMethod = MethodDescriptor(
+      fullyQualifiedService: "test.Place",
+      method: "Stream"
+    )
+    static let spinMethod = MethodDescriptor(fullyQualifiedService: "test.Place", method: "Spin")
+
+    /// `Stream`: writes one-byte messages (where it runs) without ever waiting, until it runs
+    /// off the loop or has written `streamLimit`. `Spin`: keeps its thread busy for 20 ms in one
+    /// stretch, then suspends and answers where it runs.
+    static let streamLimit = 20_000
+
+    func registerBudgetMethods<Transport: ServerTransport>(
+      with router: inout RPCRouter<Transport>
+    ) {
+      router.registerHandler(
+        forMethod: Self.streamMethod,
+        deserializer: BytesDeserializer(),
+        serializer: BytesSerializer()
+      ) { request, _ in
+        _ = try await ServerRequest(stream: request)
+        return StreamingServerResponse { writer in
+          for _ in 0 ..< Self.streamLimit {
+            let placed = Self.onEventLoop
+            try await writer.write([placed])
+            if placed == 0 { break }
+          }
+          return [:]
+        }
+      }
+      router.registerHandler(
+        forMethod: Self.spinMethod,
+        deserializer: BytesDeserializer(),
+        serializer: BytesSerializer()
+      ) { request, _ in
+        _ = try await ServerRequest(stream: request)
+        let start = ContinuousClock.now
+        while ContinuousClock.now - start < .milliseconds(20) {}
+        try await Task.sleep(for: .milliseconds(1))
+        return StreamingServerResponse(single: ServerResponse(message: [Self.onEventLoop]))
+      }
     }
 
     static var onEventLoop: UInt8 {
@@ -80,6 +123,10 @@ struct HandlerExecutionTests {
       for waiter in waiters { waiter.resume() }
     }
   }
+
+  /// On the loop with a budget no handler here uses up, however slow the machine: these tests
+  /// check where handlers start, not when they move (the tests with a 1 ms budget do that).
+  static let onTheLoop = HTTP2Server.HandlerExecution.eventLoopWhenAlone(budget: .seconds(60))
 
   private func withPlacementServer(
     _ execution: HTTP2Server.HandlerExecution,
@@ -124,7 +171,7 @@ struct HandlerExecutionTests {
 
   @Test("With eventLoopWhenAlone a connection's only call runs on its event loop, call after call")
   func aloneOnTheLoop() async throws {
-    try await self.withPlacementServer(.eventLoopWhenAlone) { client in
+    try await self.withPlacementServer(Self.onTheLoop) { client in
       // Each call gives the loop's place back when its handler returns: the next one takes it.
       for _ in 0 ..< 3 {
         let placed = try await self.place(client)
@@ -133,9 +180,15 @@ struct HandlerExecutionTests {
     }
   }
 
-  @Test("By default (concurrencyPool) no handler runs on an event loop")
+  @Test("By default a lone call's handler runs on the loop, with a budget of 1 ms")
+  func defaultPlacement() {
+    #expect(HTTP2Server.Config.defaults.handlerExecution == .eventLoopWhenAlone)
+    #expect(HTTP2Server.HandlerExecution.eventLoopWhenAlone.eventLoopBudget == .milliseconds(1))
+    #expect(HTTP2Server.HandlerExecution.concurrencyPool.eventLoopBudget == nil)
+  }
+
+  @Test("With concurrencyPool no handler runs on an event loop")
   func poolOnly() async throws {
-    #expect(HTTP2Server.Config.defaults.handlerExecution == .concurrencyPool)
     try await self.withPlacementServer(.concurrencyPool) { client in
       let placed = try await self.place(client)
       #expect(placed == 0)
@@ -145,7 +198,7 @@ struct HandlerExecutionTests {
   @Test("A call beside another on the same connection runs on the global executor")
   func besideAnotherOnThePool() async throws {
     let gate = Gate()
-    try await self.withPlacementServer(.eventLoopWhenAlone, gate: gate) { client in
+    try await self.withPlacementServer(Self.onTheLoop, gate: gate) { client in
       try await withThrowingTaskGroup(of: UInt8?.self) { group in
         group.addTask { try await self.place(client, PlacementService.holdMethod) }
         try await poll("the held call's handler started") { gate.arrivals == 1 }
@@ -158,11 +211,43 @@ struct HandlerExecutionTests {
     }
   }
 
+  @Test("A handler that streams without ever waiting leaves the loop after its budget")
+  func streamingHandlerMoves() async throws {
+    // 100 ms, not less: the handler's first stretch (before its first write) must fit in the
+    // budget even when a loaded machine takes the loop's thread away for a while.
+    try await self.withPlacementServer(.eventLoopWhenAlone(budget: .milliseconds(100))) { client in
+      let placements = try await client.serverStreaming(
+        request: ClientRequest(message: []),
+        descriptor: PlacementService.streamMethod,
+        serializer: BytesSerializer(),
+        deserializer: BytesDeserializer(),
+        options: .defaults
+      ) { response in
+        var placements: [UInt8] = []
+        for try await message in response.messages { placements.append(message.first ?? 9) }
+        return placements
+      }
+      // It started on the loop, and moved long before its 20,000 messages were written (100 ms
+      // of writes in place: a debug build under a sanitizer writes one or two thousand).
+      #expect(placements.first == 1)
+      #expect(placements.last == 0)
+      #expect(placements.count < PlacementService.streamLimit, "\(placements.count) messages")
+    }
+  }
+
+  @Test("A handler that keeps the loop busy past its budget goes on on the global executor")
+  func busyHandlerMoves() async throws {
+    try await self.withPlacementServer(.eventLoopWhenAlone(budget: .milliseconds(1))) { client in
+      let busy = try await self.place(client, PlacementService.spinMethod)
+      #expect(busy == 0)
+    }
+  }
+
   @Test("A loop's place holds one handler at a time, and jobs on it run on that loop")
   func slotTakesOneHandler() async throws {
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     let loop = group.next()
-    let slot = EventLoopHandlerSlot(eventLoop: loop)
+    let slot = EventLoopHandlerSlot(eventLoop: loop, budget: .milliseconds(1))
     let taken = try await loop.submit { (slot.take(), slot.take()) }.get()
     #expect(taken == (true, false))
     slot.release()  // from off the loop
@@ -172,6 +257,17 @@ struct HandlerExecutionTests {
       MultiThreadedEventLoopGroup.currentEventLoop.map { $0 === loop } ?? false
     }.value
     #expect(ranOn)
+    // A job that runs past the budget moves the holder; giving the place back resets that.
+    let moved = await Task(executorPreference: slot) {
+      let start = ContinuousClock.now
+      while ContinuousClock.now - start < .milliseconds(5) {}
+      await Task.yield()
+      return slot.handlerMoved
+    }.value
+    #expect(moved)
+    slot.release()
+    let reset = try await loop.submit { (slot.take(), slot.handlerMoved) }.get()
+    #expect(reset == (true, false))
     try await group.shutdownGracefully()
   }
 }

@@ -52,8 +52,8 @@ extension HTTP2Server {
     public var maxResetsPerWindow: Int
     public var resetWindow: Duration
 
-    /// Where call handlers run; ``HandlerExecution/concurrencyPool`` by default.
-    public var handlerExecution: HandlerExecution = .concurrencyPool
+    /// Where call handlers run; ``HandlerExecution/eventLoopWhenAlone`` by default.
+    public var handlerExecution: HandlerExecution = .eventLoopWhenAlone
 
     public init(
       maxRequestMessageBytes: Int,
@@ -174,35 +174,56 @@ extension HTTP2Server {
   /// the server adds: with ``eventLoopWhenAlone`` a grpc-go client making one call at a time got
   /// 32–58 % more calls/s and the server spent 18–34 % less CPU per call (BENCHMARKS.md,
   /// "Handlers on the event loop"). With calls in parallel the pool's threads are worth more
-  /// than the hand-offs, so those handlers stay there. It is not the default: see its
-  /// trade-off.
+  /// than the hand-offs, so those handlers stay there.
+  ///
+  /// ``eventLoopWhenAlone`` is the default. Choose ``concurrencyPool`` for services whose
+  /// handlers block their thread (synchronous file or database calls, locks held for long):
+  /// such a handler, run on a loop, holds up every connection on that loop until it returns.
   public struct HandlerExecution: Sendable, Hashable, CustomStringConvertible {
     private enum Place: Hashable {
       case pool
-      case eventLoopWhenAlone
+      case eventLoopWhenAlone(budget: Duration)
     }
     private let place: Place
 
-    /// The default: every handler runs on Swift concurrency's global executor.
+    /// Every handler runs on Swift concurrency's global executor.
     public static let concurrencyPool = Self(place: .pool)
+
+    /// The default: ``eventLoopWhenAlone(budget:)`` with a budget of 1 ms. A unary handler takes
+    /// tens of microseconds; a loop's other connections wait about a millisecond behind the
+    /// writes of one large response anyway.
+    public static let eventLoopWhenAlone = Self.eventLoopWhenAlone(budget: .milliseconds(1))
 
     /// A call that is the only one open on its connection runs its handler on the connection's
     /// event loop, if no other handler runs on that loop this way; every other call runs on
     /// Swift concurrency's global executor. Child tasks of such a handler run on the loop too.
     ///
-    /// For services whose clients mostly make one call at a time, on a server whose event loops
-    /// are not busy. Each suspension of such a handler (a child task, a read, a deadline timer)
-    /// waits its turn in the loop's queue behind the loop's I/O: under heavy load (the whole
-    /// fast test tier in parallel under AddressSanitizer) a handler on a congested loop did not
-    /// start within a 2-second deadline, where it did on the pool. A handler that blocks its
-    /// thread or computes for long also holds up the reads and writes of every connection on
-    /// that loop while it runs.
-    public static let eventLoopWhenAlone = Self(place: .eventLoopWhenAlone)
+    /// A handler on the loop holds up the reads and writes of every connection on that loop for
+    /// as long as it runs without suspending, so its time there is bounded: once it has run for
+    /// longer than `budget` in one stretch (computing, or writing a long response without ever
+    /// waiting for the client), it moves to the global executor for the rest of the call. The
+    /// stretch that goes over is not interrupted (a handler that blocks its thread for a second
+    /// holds the loop for that second), so handlers that block their thread belong on the pool.
+    ///
+    /// For services whose clients mostly make one call at a time. Each suspension of such a
+    /// handler (a child task, a read, a deadline timer) waits its turn in the loop's queue behind
+    /// the loop's I/O.
+    public static func eventLoopWhenAlone(budget: Duration) -> Self {
+      Self(place: .eventLoopWhenAlone(budget: max(budget, .zero)))
+    }
+
+    /// How long a handler may run on the loop in one stretch; `nil`: handlers run on the pool.
+    var eventLoopBudget: Duration? {
+      switch self.place {
+      case .pool: nil
+      case .eventLoopWhenAlone(let budget): budget
+      }
+    }
 
     public var description: String {
       switch self.place {
       case .pool: "concurrencyPool"
-      case .eventLoopWhenAlone: "eventLoopWhenAlone"
+      case .eventLoopWhenAlone(let budget): "eventLoopWhenAlone(budget: \(budget))"
       }
     }
   }

@@ -286,12 +286,14 @@ public final class HTTP2Server: ServerTransport, Sendable {
     )
     let peers = Peers(channel: channel)
     let key = ObjectIdentifier(channel)
-    let onLoop = self.config.handlerExecution == .eventLoopWhenAlone
+    let loopBudget = self.config.handlerExecution.eventLoopBudget
     let (methods, slot) = self.state.withLock { state in
       var slot: EventLoopHandlerSlot?
-      if onLoop {
+      if let loopBudget {
         let loop = ObjectIdentifier(channel.eventLoop)
-        slot = state.handlerSlots[loop] ?? EventLoopHandlerSlot(eventLoop: channel.eventLoop)
+        slot =
+          state.handlerSlots[loop]
+          ?? EventLoopHandlerSlot(eventLoop: channel.eventLoop, budget: TimeAmount(loopBudget))
         state.handlerSlots[loop] = slot
       }
       return (state.methods, slot)

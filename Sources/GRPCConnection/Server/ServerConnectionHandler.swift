@@ -377,6 +377,12 @@ final class ServerConnectionHandler: ChannelInboundHandler {
   /// sliced to it.
   static let dataFrameBytes = 16 * 1024
 
+  /// On the loop, from a handler that runs there and wrote in place: whether it has used up its
+  /// time on the loop (see `EventLoopHandlerSlot`).
+  func handlerOverBudget() -> Bool {
+    self.handlerSlot?.overBudget() ?? false
+  }
+
   func flush(_ stream: ServerStream) {
     let parts = stream.takeOutbound()
     let accounted = parts.reduce(0) { $0 + $1.bytes }

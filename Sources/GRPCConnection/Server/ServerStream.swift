@@ -183,26 +183,36 @@ final class ServerStream: Sendable {
     case .none:
       ()
     case .flush:
-      self.scheduleFlush()
+      if self.scheduleFlush() {
+        // The handler runs on the event loop and has used up its time there: suspend, so that
+        // it goes on on the global executor (`EventLoopHandlerSlot.overBudget()`).
+        await Task.yield()
+      }
     case .wait:
       try await self.waitForWritable()
     case .flushAndWait:
-      self.scheduleFlush()
+      let yield = self.scheduleFlush()
       try await self.waitForWritable()
+      if yield { await Task.yield() }
     case .fail(let error):
       throw error
     }
   }
 
-  private func scheduleFlush() {
+  /// Returns whether the handler should suspend: it runs on the event loop, wrote in place, and
+  /// has used up its budget there.
+  @discardableResult
+  private func scheduleFlush() -> Bool {
     let handler = self.handler
     if self.eventLoop.inEventLoop {
       // The handler runs on the event loop (a task executor preference): write in place.
       handler.value.flush(self)
+      return handler.value.handlerOverBudget()
     } else {
       self.eventLoop.execute {
         handler.value.flush(self)
       }
+      return false
     }
   }
 
