@@ -180,6 +180,17 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     }
   }
 
+  /// For writes made in a task of their own: flushes in a task queued behind the tasks already
+  /// waiting on the loop, so that the responses of calls that finished together leave in one
+  /// write system call rather than one each.
+  private func flushAfterQueuedTasks(context: ChannelHandlerContext) {
+    guard self.flushes.wroteInTask() else { return }
+    context.eventLoop.assumeIsolated().execute {
+      self.flushes.flushTaskRan()
+      self.context?.flush()
+    }
+  }
+
   func channelRead(context: ChannelHandlerContext, data: NIOAny) {
     let frame = self.unwrapInboundIn(data)
     self.flushes.readStarted()
@@ -383,7 +394,9 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     self.handlerSlot?.overBudget() ?? false
   }
 
-  func flush(_ stream: ServerStream) {
+  /// Writes what `stream`'s handler queued. `inPlace`: the handler runs on this loop and called
+  /// this itself (so the frames are flushed at once); otherwise this runs in a task of its own.
+  func flush(_ stream: ServerStream, inPlace: Bool) {
     let parts = stream.takeOutbound()
     let accounted = parts.reduce(0) { $0 + $1.bytes }
     guard let context = self.context, let index = self.streams.index(forKey: stream.id) else {
@@ -480,7 +493,11 @@ final class ServerConnectionHandler: ChannelInboundHandler {
       stream.outboundWritten(bytes: accounted)
     }
     if wroteStreamFrames { self.connection.wroteHeadersOrData() }
-    self.flushSoon(context: context)
+    if inPlace {
+      self.flushSoon(context: context)
+    } else {
+      self.flushAfterQueuedTasks(context: context)
+    }
   }
 
   private func write(

@@ -206,11 +206,11 @@ final class ServerStream: Sendable {
     let handler = self.handler
     if self.eventLoop.inEventLoop {
       // The handler runs on the event loop (a task executor preference): write in place.
-      handler.value.flush(self)
+      handler.value.flush(self, inPlace: true)
       return handler.value.handlerOverBudget()
     } else {
       self.eventLoop.execute {
-        handler.value.flush(self)
+        handler.value.flush(self, inPlace: false)
       }
       return false
     }
