@@ -4,7 +4,7 @@ import Foundation
 /// Debian's Go packages in GOPATH mode: one build for the tests and the benchmark.
 package enum GoInteropBuild {
   /// What to install when Go or a Go package is missing.
-  package static let installAdvice =
+  private static let installAdvice =
     "install Go and grpc-go from Debian's packages: run scripts/install-test-deps, or "
     + "apt-get install golang-go golang-google-grpc-dev golang-goprotobuf-dev "
     + "golang-google-protobuf-dev golang-etcd-server-dev"
