@@ -1,4 +1,5 @@
 internal import NIOCore
+import RegistryPrimitives
 
 /// An established HTTP/2 connection: the channel, its event loop and its connection handler.
 final class ActiveConnection: Sendable {
@@ -12,6 +13,13 @@ final class ActiveConnection: Sendable {
   let localPeer: String
   /// Moves a stream this connection could not open to another connection.
   let onRefusedStream: (@Sendable (ClientStream) -> Void)?
+  /// Streams whose request parts wait for the event loop (see ``scheduleFlush(_:)``).
+  private let waiting = Locked(WaitingStreams())
+
+  private struct WaitingStreams {
+    var streams: [ClientStream] = []
+    var taskScheduled = false
+  }
 
   init(
     id: UInt64,
@@ -30,6 +38,31 @@ final class ActiveConnection: Sendable {
     self.streamWindowSize = streamWindowSize
     self.remotePeer = Self.describe(channel.remoteAddress)
     self.localPeer = Self.describe(channel.localAddress)
+  }
+
+  /// Hands `stream`'s queued request parts to the event loop. Streams that queue parts while a
+  /// hand-off is pending join it: one event-loop task writes every waiting stream's parts and
+  /// flushes once, so calls started together leave in one write system call (one task and one
+  /// `writev` per call before, BENCHMARKS.md). A stream queues at most once per hand-off, which
+  /// ``ClientStream`` ensures with its own flag.
+  func scheduleFlush(_ stream: ClientStream) {
+    let schedule = self.waiting.withLock { waiting -> Bool in
+      waiting.streams.append(stream)
+      if waiting.taskScheduled { return false }
+      waiting.taskScheduled = true
+      return true
+    }
+    if schedule {
+      self.eventLoop.execute {
+        let streams = self.waiting.withLock { waiting -> [ClientStream] in
+          waiting.taskScheduled = false
+          let streams = waiting.streams
+          waiting.streams = []
+          return streams
+        }
+        self.handler.value.flush(streams, on: self)
+      }
+    }
   }
 
   /// grpc's peer notation: `ipv4:127.0.0.1:2379`, `ipv6:[::1]:2379`, `unix:/path`.

@@ -163,10 +163,7 @@ final class ClientStream: Sendable {
   }
 
   private func scheduleFlush() {
-    let connection = self.connection
-    connection.eventLoop.execute {
-      connection.handler.value.flush(self, on: connection)
-    }
+    self.connection.scheduleFlush(self)
   }
 
   private func waitForWritable() async throws {

@@ -251,7 +251,19 @@ final class ConnectionHandler: ChannelInboundHandler {
 
   // MARK: - Requests (called on the event loop by ClientStream)
 
-  func flush(_ stream: ClientStream, on connection: ActiveConnection) {
+  /// Writes the queued request parts of `streams` and flushes them together.
+  func flush(_ streams: [ClientStream], on connection: ActiveConnection) {
+    var wrote = false
+    for stream in streams {
+      wrote = self.write(stream, on: connection) || wrote
+    }
+    if wrote, let context = self.context {
+      context.flush()
+    }
+  }
+
+  /// Writes `stream`'s queued request parts without flushing; returns whether it wrote any.
+  private func write(_ stream: ClientStream, on connection: ActiveConnection) -> Bool {
     guard let context = self.context else {
       // The handler left the pipeline: the channel is gone. A stream that never opened moves to
       // another connection.
@@ -261,10 +273,10 @@ final class ConnectionHandler: ChannelInboundHandler {
       } else {
         stream.fail(error)
       }
-      return
+      return false
     }
     guard let parts = stream.takeOutbound(on: connection), !parts.isEmpty else {
-      return
+      return false
     }
 
     var streamID = stream.streamID
@@ -298,7 +310,7 @@ final class ConnectionHandler: ChannelInboundHandler {
               message: "The connection began closing before the RPC started; it is safe to retry."
             )
           )
-          return
+          return index > 0
         }
         streamID = id
         // Never END_STREAM on the HEADERS, even for a request without messages: gRPC's HTTP/2
@@ -356,7 +368,7 @@ final class ConnectionHandler: ChannelInboundHandler {
         stream.outboundWritten(bytes: batchBytes)
       }
     }
-    context.flush()
+    return true
   }
 
   private func isWritable(_ id: HTTP2StreamID) -> Bool {

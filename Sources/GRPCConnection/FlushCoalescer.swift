@@ -3,8 +3,9 @@
 /// answered with one write system call); outside a read loop each write flushes at once, or, for
 /// writes handed to the event loop in tasks of their own (the server's responses from handlers
 /// on the pool), in one task queued behind the tasks already waiting, so that writes queued
-/// together leave in one write system call. (The client's requests flush at once: queueing
-/// their flush made its calls slower, BENCHMARKS.md.)
+/// together leave in one write system call. (The client's requests are gathered before they
+/// reach the event loop instead: `ActiveConnection.scheduleFlush` writes the requests of every
+/// call waiting for the loop in one task and flushes once.)
 struct FlushCoalescer {
   private(set) var inReadLoop = false
   private var pending = false
