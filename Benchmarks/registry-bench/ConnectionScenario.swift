@@ -30,9 +30,18 @@ import Glibc
 enum ConnectionScenario {
   /// `REGISTRY_BENCH_HANDLERS=pool` or `loop`: where the project's servers in conn and f run
   /// call handlers (`HTTP2Server.HandlerExecution`: `.concurrencyPool`, or
-  /// `.eventLoopWhenAlone`); the server's default when it is not set.
-  static var handlers: String? {
-    ProcessInfo.processInfo.environment["REGISTRY_BENCH_HANDLERS"]
+  /// `.eventLoopWhenAlone`); the server's default when it is not set. Any other value is an
+  /// error, so that a typo cannot measure the default under another name.
+  static func handlers() throws -> String? {
+    guard let value = ProcessInfo.processInfo.environment["REGISTRY_BENCH_HANDLERS"] else {
+      return nil
+    }
+    guard value == "pool" || value == "loop" else {
+      throw BenchError(
+        "REGISTRY_BENCH_HANDLERS must be 'pool' or 'loop' (unset for the server's default), not '\(value)'"
+      )
+    }
+    return value
   }
 
   /// The cells to run (`go_ours_c1,swift_stock_c64`, …) from `REGISTRY_BENCH_CONN_ONLY`, for
@@ -66,11 +75,12 @@ enum ConnectionScenario {
     let name = NameBox()
     if ProcessInfo.processInfo.environment["REGISTRY_BENCH_SERVER"] == "own" {
       // The project's own server transport.
+      let handlers = try Self.handlers()
       let transport = HTTP2Server(
         host: "127.0.0.1",
         port: 0,
         config: .defaults {
-          switch Self.handlers {
+          switch handlers {
           case "pool": $0.handlerExecution = .concurrencyPool
           case "loop": $0.handlerExecution = .eventLoopWhenAlone
           default: ()
@@ -122,6 +132,8 @@ enum ConnectionScenario {
   }
 
   private static func run(_ context: BenchContext) async throws -> Metrics {
+    // Checked here, where the message reaches the user; the server children read it again.
+    _ = try Self.handlers()
     var metrics = Metrics()
     let goBinary = try await buildGo()
     let swiftServer = try await Child.start(

@@ -398,7 +398,7 @@ enum GRPCScenarios {
       prefix: prefix,
       service: service,
       groups: ["one"],
-      extraArguments: ConnectionScenario.handlers.map { ["--handler-execution", $0] } ?? []
+      extraArguments: try ConnectionScenario.handlers().map { ["--handler-execution", $0] } ?? []
     ) { servers in
       try await withRegistries(1, configuration: context.registry(prefix: prefix), logger: logger) {
         registries in

@@ -54,17 +54,33 @@ struct UserServer: AsyncParsableCommand {
   @Option(help: "Seconds between deregistering and stopping, for clients to move away.")
   var drain = 1.0
 
+  /// `--server-transport`: ArgumentParser validates the value and lists the choices.
+  enum ServerTransportChoice: String, ExpressibleByArgument, CaseIterable {
+    /// The project's `HTTP2Server`.
+    case own
+    /// grpc-swift's `HTTP2ServerTransport.Posix`.
+    case stock
+  }
+
+  /// `--handler-execution`: where the own transport runs call handlers.
+  enum HandlerExecutionChoice: String, ExpressibleByArgument, CaseIterable {
+    /// `HTTP2Server.HandlerExecution.eventLoopWhenAlone`.
+    case loop
+    /// `HTTP2Server.HandlerExecution.concurrencyPool`.
+    case pool
+  }
+
   @Option(
     help:
       "The server transport: 'own' (the project's HTTP2Server, the default) or 'stock' (grpc-swift's HTTP2ServerTransport.Posix)."
   )
-  var serverTransport = "own"
+  var serverTransport = ServerTransportChoice.own
 
   @Option(
     help:
       "With --server-transport own, where call handlers run: 'loop' (the default: a connection's only call on the connection's event loop, HTTP2Server.HandlerExecution.eventLoopWhenAlone) or 'pool' (every handler on Swift concurrency's global executor)."
   )
-  var handlerExecution = "loop"
+  var handlerExecution = HandlerExecutionChoice.loop
 
   @Option(
     help:
@@ -126,21 +142,13 @@ struct UserServer: AsyncParsableCommand {
       },
       logger: logger
     )
-    guard self.serverTransport == "own" || self.serverTransport == "stock" else {
-      throw ValidationError(
-        "--server-transport must be 'own' or 'stock', not '\(self.serverTransport)'"
-      )
-    }
-    guard self.handlerExecution == "loop" || self.handlerExecution == "pool" else {
-      throw ValidationError(
-        "--handler-execution must be 'loop' or 'pool', not '\(self.handlerExecution)'"
-      )
-    }
     let config = RegisteredServer.Config(name: self.name) {
-      if self.serverTransport == "stock" { $0.transport = .stock }
+      if self.serverTransport == .stock { $0.transport = .stock }
       if case .own(var server) = $0.transport {
-        server.handlerExecution =
-          self.handlerExecution == "pool" ? .concurrencyPool : .eventLoopWhenAlone
+        switch self.handlerExecution {
+        case .loop: server.handlerExecution = .eventLoopWhenAlone
+        case .pool: server.handlerExecution = .concurrencyPool
+        }
         $0.transport = .own(server)
       }
       $0.host = host

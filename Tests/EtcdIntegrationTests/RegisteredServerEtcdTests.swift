@@ -221,7 +221,7 @@ struct CrashedAndHungServerTests {
     let stats = CallerStats()
     let stopCallers = StopFlag()
     // Resumes the stopped server whatever happens, so it can exit.
-    defer { kill(servers[1].process.processIdentifier, SIGCONT) }
+    defer { servers[1].process.signal(SIGCONT) }
     try await withThrowingDiscardingTaskGroup { group in
       let client = GRPCClient(transport: transport)
       group.addTask { try await client.runConnections() }
@@ -253,7 +253,7 @@ struct CrashedAndHungServerTests {
       }
 
       // Crash: the kernel closes the socket; the connection sees it at once.
-      kill(servers[0].process.processIdentifier, SIGKILL)
+      servers[0].process.signal(SIGKILL)
       let left = try await waitUntilNotPreferred(
         transport,
         servers[0].address,
@@ -269,7 +269,7 @@ struct CrashedAndHungServerTests {
       #expect(failedAfterKill <= 8, "only calls in flight on the dead connection may fail")
 
       // Hang: the socket stays open, nothing is answered.
-      kill(servers[1].process.processIdentifier, SIGSTOP)
+      servers[1].process.signal(SIGSTOP)
       let stopped = try await waitUntilNotPreferred(
         transport,
         servers[1].address,
@@ -308,7 +308,7 @@ struct CrashedAndHungServerTests {
       #expect(failedBeforeResume == failedAfterKill + failedByHang)
 
       // Resumed: it is used again, and nothing fails.
-      kill(servers[1].process.processIdentifier, SIGCONT)
+      servers[1].process.signal(SIGCONT)
       try await waitUntil("the resumed server is preferred again", within: .seconds(15)) {
         transport.instanceStatuses.first { $0.instance.address == servers[1].address }?
           .isPreferred ?? false
@@ -320,6 +320,6 @@ struct CrashedAndHungServerTests {
       #expect(stats.failures == failedBeforeResume, "no call failed after the resume")
     }
     await running.stop()
-    for server in servers where server.process.isRunning { server.process.terminate() }
+    for server in servers { server.process.signal(SIGTERM) }
   }
 }

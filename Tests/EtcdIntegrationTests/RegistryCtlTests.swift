@@ -56,37 +56,10 @@ struct RegistryCtl {
     return (run.status, run.stdout, run.stderr)
   }
 
-  /// Starts a long-running command (register, watch) and returns the process.
-  func start(_ arguments: [String], output: Pipe) throws -> Process {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: try Self.executable)
-    process.arguments = self.arguments(arguments)
-    process.standardOutput = output
-    process.standardError = FileHandle.nullDevice
-    try process.run()
-    return process
+  /// Starts a long-running command (register, watch); its standard output is collected.
+  func start(_ arguments: [String]) throws -> ChildProcess {
+    try ChildProcess(try Self.executable, self.arguments(arguments), standardError: .discard)
   }
-}
-
-/// Collects a pipe's output as it arrives.
-final class OutputCollector: Sendable {
-  let pipe = Pipe()
-  private let text = Locked("")
-
-  init() {
-    let text = self.text
-    self.pipe.fileHandleForReading.readabilityHandler = { handle in
-      let data = handle.availableData
-      // End of file: without this the handler is called again and again, spinning a core.
-      if data.isEmpty {
-        handle.readabilityHandler = nil
-        return
-      }
-      text.withLock { $0 += String(decoding: data, as: UTF8.self) }
-    }
-  }
-
-  var output: String { self.text.withLock { $0 } }
 }
 
 @Suite("registryctl", .timeLimit(.minutes(3)))
@@ -99,17 +72,11 @@ struct RegistryCtlTests {
     #expect(empty.status == 1, "an empty service exits 1: \(empty)")
     #expect(empty.stderr.contains("no instances"))
 
-    let collector = OutputCollector()
-    let registration = try ctl.start(
-      [
-        "register", "svc", "10.0.0.1:80", "--weight", "3", "--group", "A", "--metadata", "zone=eu",
-        "--ttl", "5",
-      ],
-      output: collector.pipe
-    )
-    try await waitUntil("registryctl register reports success", within: .seconds(10)) {
-      collector.output.contains("REGISTERED")
-    }
+    let registration = try ctl.start([
+      "register", "svc", "10.0.0.1:80", "--weight", "3", "--group", "A", "--metadata", "zone=eu",
+      "--ttl", "5",
+    ])
+    _ = try await registration.line(startingWith: "REGISTERED", within: .seconds(10))
     let table = try await ctl.run(["list", "svc"])
     #expect(table.status == 0)
     #expect(
@@ -126,7 +93,7 @@ struct RegistryCtlTests {
       services.status == 0 && services.stdout.contains("svc") && services.stdout.contains("1")
     )
 
-    registration.terminate()
+    registration.signal(SIGTERM)
     try await waitUntil("SIGTERM deregisters and exits 0", within: .seconds(10)) {
       !registration.isRunning
     }
@@ -195,14 +162,13 @@ struct RegistryCtlTests {
     let ctl = RegistryCtl(cluster: cluster, prefix: uniquePrefix("ctlwatch"))
     let writer = try RunningRegistry(cluster, prefix: ctl.prefix)
     try await writer.registry.register(ServiceInstance(name: "svc", address: "10.0.0.1:80"))
-    let collector = OutputCollector()
-    let watcher = try ctl.start(["watch", "svc"], output: collector.pipe)
+    let watcher = try ctl.start(["watch", "svc"])
     func lines(_ kind: String) -> [Substring] {
-      collector.output.split(separator: "\n").filter { $0.contains(" \(kind) rev=") }
+      watcher.output.split(separator: "\n").filter { $0.contains(" \(kind) rev=") }
     }
     try await waitUntil("the snapshot is printed", within: .seconds(10)) {
       lines("snapshot").first?.contains("instances=1") == true
-        && collector.output.contains("10.0.0.1:80")
+        && watcher.output.contains("10.0.0.1:80")
     }
     try await writer.registry.register(
       ServiceInstance(name: "svc", address: "10.0.0.2:80", weight: 5)
@@ -220,8 +186,8 @@ struct RegistryCtlTests {
     try await waitUntil("the removal is printed", within: .seconds(5)) {
       lines("removed").contains { $0.contains("10.0.0.1:80") }
     }
-    #expect(lines("added").count == 1 && lines("updated").count == 1, "\(collector.output)")
-    kill(watcher.processIdentifier, SIGINT)
+    #expect(lines("added").count == 1 && lines("updated").count == 1, "\(watcher.output)")
+    watcher.signal(SIGINT)
     try await waitUntil("SIGINT stops the watch", within: .seconds(10)) { !watcher.isRunning }
     #expect(watcher.terminationStatus == 0)
     await writer.stop()
@@ -247,13 +213,9 @@ struct RegistryCtlTests {
     let watcher = try RunningRegistry(cluster, prefix: prefix)
     let recorder = WatchRecorder(watcher.registry.watch("svc"))
     defer { recorder.cancel() }
-    let collector = OutputCollector()
-    let child = try ctl.start(
-      ["register", "svc", "10.0.0.7:80", "--ttl", "2"],
-      output: collector.pipe
-    )
+    let child = try ctl.start(["register", "svc", "10.0.0.7:80", "--ttl", "2"])
     try await recorder.waitForAddresses(["10.0.0.7:80"], within: .seconds(10))
-    kill(child.processIdentifier, SIGKILL)
+    child.signal(SIGKILL)
     let killed = ContinuousClock.now
     try await recorder.waitForAddresses([], within: .seconds(6))
     let gone = ContinuousClock.now - killed

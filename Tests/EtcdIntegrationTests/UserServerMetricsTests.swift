@@ -42,7 +42,7 @@ struct UserServerMetricsTests {
     let (_, response) = try await URLSession.shared.data(from: other)
     #expect((response as? HTTPURLResponse)?.statusCode == 404)
 
-    server.process.terminate()
+    server.process.signal(SIGTERM)
     try await waitUntil("user-server exits", within: .seconds(10)) { !server.process.isRunning }
     #expect(server.process.terminationStatus == 0)
   }

@@ -22,10 +22,9 @@ enum Executables {
   }
 }
 
-/// A `user-server` child process.
+/// A `user-server` child process, started and READY.
 final class UserServerProcess: Sendable {
-  let process: Process
-  let output: OutputCollector
+  let process: ChildProcess
   let address: String
 
   init(
@@ -35,35 +34,22 @@ final class UserServerProcess: Sendable {
     ttl: Int = 5,
     extraArguments: [String] = []
   ) async throws {
-    let output = OutputCollector()
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: try Executables.path("user-server"))
-    process.arguments =
+    let process = try ChildProcess(
+      try Executables.path("user-server"),
       [
         "--etcd", etcd.endpoints.joined(separator: ","), "--listen", "127.0.0.1:0", "--weight",
-        "\(weight)",
-        "--ttl", "\(ttl)", "--prefix", prefix, "--drain", "0.3",
-      ] + extraArguments
-    process.standardOutput = output.pipe
-    process.standardError = FileHandle.nullDevice
-    try process.run()
-    try await waitUntil("user-server prints READY", within: .seconds(20)) {
-      output.output.contains("READY ")
-    }
-    let line = output.output.split(separator: "\n").first { $0.hasPrefix("READY ") } ?? ""
+        "\(weight)", "--ttl", "\(ttl)", "--prefix", prefix, "--drain", "0.3",
+      ] + extraArguments,
+      standardError: .discard
+    )
+    self.address = try await process.line(startingWith: "READY ", within: .seconds(20))
     self.process = process
-    self.output = output
-    self.address = String(line.dropFirst("READY ".count))
   }
 
   /// The address of the metrics endpoint, from the `METRICS <host:port>` line.
   var metricsAddress: String? {
-    self.output.output.split(separator: "\n").first { $0.hasPrefix("METRICS ") }
+    self.process.output.split(separator: "\n").first { $0.hasPrefix("METRICS ") }
       .map { String($0.dropFirst("METRICS ".count)) }
-  }
-
-  deinit {
-    if self.process.isRunning { kill(self.process.processIdentifier, SIGKILL) }
   }
 }
 
@@ -77,9 +63,7 @@ struct ClientSummary: Decodable, Sendable {
 
 /// A running `user-client`: its JSON summary on stdout, its `PROGRESS` lines on stderr.
 final class UserClientProcess: Sendable {
-  let process: Process
-  private let stdout = OutputCollector()
-  private let stderr = OutputCollector()
+  let process: ChildProcess
 
   init(
     etcd: EtcdCluster,
@@ -90,28 +74,25 @@ final class UserClientProcess: Sendable {
   )
     throws
   {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: try Executables.path("user-client"))
-    process.arguments = [
-      "--etcd", etcd.endpoints.joined(separator: ","), "--prefix", prefix, "--calls", "\(calls)",
-      "--concurrency", "\(concurrency)", "--progress-every", "\(progressEvery)",
-    ]
-    process.standardOutput = self.stdout.pipe
-    process.standardError = self.stderr.pipe
-    try process.run()
-    self.process = process
+    self.process = try ChildProcess(
+      try Executables.path("user-client"),
+      [
+        "--etcd", etcd.endpoints.joined(separator: ","), "--prefix", prefix, "--calls",
+        "\(calls)", "--concurrency", "\(concurrency)", "--progress-every", "\(progressEvery)",
+      ]
+    )
   }
 
   /// Waits until the client reports at least `calls` calls ended (its `--progress-every` lines).
   func waitForProgress(_ calls: Int, within timeout: Duration = .seconds(30)) async throws {
     try await waitUntil("user-client reports \(calls) calls ended", within: timeout) {
-      let reported = self.stderr.output.split(separator: "\n").compactMap { line in
+      let reported = self.process.errorOutput.split(separator: "\n").compactMap { line in
         line.hasPrefix("PROGRESS ") ? Int(line.dropFirst("PROGRESS ".count)) : nil
       }
       if reported.contains(where: { $0 >= calls }) { return true }
       if !self.process.isRunning {
         throw WaitTimeoutError(
-          description: "user-client exited before \(calls) calls: \(self.stderr.output)"
+          description: "user-client exited before \(calls) calls: \(self.process.errorOutput)"
         )
       }
       return false
@@ -124,20 +105,19 @@ final class UserClientProcess: Sendable {
     // The pipe's last bytes may land just after the exit is seen.
     var summary: ClientSummary?
     try await waitUntil(
-      "user-client's summary is read (stdout: \(self.stdout.output))",
+      "user-client's summary is read (stdout: \(self.process.output))",
       within: .seconds(5)
     ) {
-      summary = try? JSONDecoder().decode(ClientSummary.self, from: Data(self.stdout.output.utf8))
+      summary = try? JSONDecoder().decode(
+        ClientSummary.self,
+        from: Data(self.process.output.utf8)
+      )
       return summary != nil
     }
     guard let summary else {
       throw WaitTimeoutError(description: "user-client printed no summary")
     }
     return summary
-  }
-
-  deinit {
-    if self.process.isRunning { kill(self.process.processIdentifier, SIGKILL) }
   }
 }
 
@@ -185,7 +165,7 @@ struct UserServiceProcessTests {
     )
     // The stop lands inside the run: 1,000 of the 6,000 calls have ended.
     try await graceful.waitForProgress(1000)
-    servers[0].process.terminate()
+    servers[0].process.signal(SIGTERM)
     let afterGraceful = try await graceful.summary()
     #expect(afterGraceful.ok + afterGraceful.failed == 6000)
     try await waitUntil("the stopped server exits", within: .seconds(10)) {
@@ -207,7 +187,7 @@ struct UserServiceProcessTests {
       progressEvery: 500
     )
     try await abrupt.waitForProgress(1000)
-    kill(servers[1].process.processIdentifier, SIGKILL)
+    servers[1].process.signal(SIGKILL)
     let killed = ContinuousClock.now
     try await recorder.waitForAddresses([servers[2].address], within: .seconds(7))
     let gone = ContinuousClock.now - killed

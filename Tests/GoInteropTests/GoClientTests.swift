@@ -25,7 +25,7 @@ struct GoClientTests {
     streamed: Int = 0,
     concurrency: Int = 1
   ) async throws -> Reconnects {
-    let process = try await GoProcess([
+    let process = try await GoInteropBinary.start([
       "reconnect", "-target", address, "-calls", "\(calls)", "-stream", "\(streamed)",
       "-concurrency", "\(concurrency)",
     ])

@@ -286,22 +286,22 @@ struct GoCodecTests {
   /// Waits until `process` printed a whole line (newline included: a long line may arrive in
   /// pieces) starting with `prefix`, and returns the rest of it.
   static func completeLine(
-    of process: GoProcess,
+    of process: ChildProcess,
     startingWith prefix: String,
     within timeout: Duration
   ) async throws -> String {
     var found: String?
     try await waitUntil(
-      "go-interop prints a line starting with '\(prefix)' (it printed: \(process.stdout.suffix(2_000)))",
+      "go-interop prints a line starting with '\(prefix)' (it printed: \(process.output.suffix(2_000)))",
       within: timeout,
       pollEvery: .milliseconds(20)
     ) {
-      let lines = process.stdout.split(separator: "\n", omittingEmptySubsequences: false)
+      let lines = process.output.split(separator: "\n", omittingEmptySubsequences: false)
       if let line = lines.dropLast().first(where: { $0.hasPrefix(prefix) }) {
         found = String(line.dropFirst(prefix.count))
         return true
       }
-      if !process.isRunning { throw GoInteropError("go-interop exited: \(process.stdout)") }
+      if !process.isRunning { throw GoInteropError("go-interop exited: \(process.output)") }
       return false
     }
     return found ?? ""
@@ -309,7 +309,7 @@ struct GoCodecTests {
 
   /// Runs `go-interop json` over the table with Swift's bytes from `codec`.
   static func runGo(_ codec: InstanceCodec) async throws -> GoRun {
-    let process = try await GoProcess(["json"])
+    let process = try await GoInteropBinary.start(["json"])
     do {
       let version = try await process.line(startingWith: "GO ", within: .seconds(60))
       for item in self.cases {
@@ -433,10 +433,10 @@ struct GoCodecTests {
 
   /// `go-interop naming-call`, driven one command at a time.
   struct NamingClient {
-    let process: GoProcess
+    let process: ChildProcess
     private var command = 0
 
-    init(_ process: GoProcess) { self.process = process }
+    init(_ process: ChildProcess) { self.process = process }
 
     /// One round of GetById calls: the addresses that answered (sorted) and the failed calls.
     mutating func call() async throws -> (answered: [String], failed: Int, error: String) {
@@ -560,7 +560,9 @@ struct GoCodecTests {
   func namingResolverPickFirst() async throws {
     try await Self.withNamingSetup { setup in
       let addresses = setup.instances.map(\.address)
-      var client = NamingClient(try await GoProcess(setup.arguments(balancer: "pick_first")))
+      var client = NamingClient(
+        try await GoInteropBinary.start(setup.arguments(balancer: "pick_first"))
+      )
       do {
         _ = try await Self.completeLine(
           of: client.process,
@@ -583,7 +585,9 @@ struct GoCodecTests {
         await client.process.stop()
 
         // A new resolver reads only the instance left.
-        client = NamingClient(try await GoProcess(setup.arguments(balancer: "pick_first")))
+        client = NamingClient(
+          try await GoInteropBinary.start(setup.arguments(balancer: "pick_first"))
+        )
         _ = try await Self.completeLine(
           of: client.process,
           startingWith: "READY",

@@ -62,7 +62,13 @@ final class EventLoopHandlerSlot: TaskExecutor {
   /// used up its budget. If so the handler is moved, and the caller should suspend (for example
   /// with `Task.yield()`) so that it continues on the global executor.
   func overBudget() -> Bool {
-    guard NIODeadline.now() - self.jobStarted.value > self.budget else { return false }
+    self.moveIfOverBudget(jobStarted: self.jobStarted.value)
+  }
+
+  /// Moves the handler if the job that started at `jobStarted` has run longer than the budget;
+  /// returns whether it did.
+  private func moveIfOverBudget(jobStarted: NIODeadline) -> Bool {
+    guard NIODeadline.now() - jobStarted > self.budget else { return false }
     self.moved.store(true, ordering: .relaxed)
     return true
   }
@@ -79,8 +85,8 @@ final class EventLoopHandlerSlot: TaskExecutor {
       self.jobStarted.value = started
       job.runSynchronously(on: executor)
       // `taken` is false when the handler returned in this job (and gave the place back).
-      if self.taken.value, NIODeadline.now() - started > self.budget {
-        self.moved.store(true, ordering: .relaxed)
+      if self.taken.value {
+        _ = self.moveIfOverBudget(jobStarted: started)
       }
     }
   }
