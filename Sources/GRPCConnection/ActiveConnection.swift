@@ -1,5 +1,4 @@
 internal import NIOCore
-import RegistryPrimitives
 
 /// An established HTTP/2 connection: the channel, its event loop and its connection handler.
 final class ActiveConnection: Sendable {
@@ -14,12 +13,7 @@ final class ActiveConnection: Sendable {
   /// Moves a stream this connection could not open to another connection.
   let onRefusedStream: (@Sendable (ClientStream) -> Void)?
   /// Streams whose request parts wait for the event loop (see ``scheduleFlush(_:)``).
-  private let waiting = Locked(WaitingStreams())
-
-  private struct WaitingStreams {
-    var streams: [ClientStream] = []
-    var taskScheduled = false
-  }
+  private let waitingStreams: EventLoopHandOff<ClientStream>
 
   init(
     id: UInt64,
@@ -33,6 +27,7 @@ final class ActiveConnection: Sendable {
     self.id = id
     self.channel = channel
     self.eventLoop = channel.eventLoop
+    self.waitingStreams = EventLoopHandOff(eventLoop: channel.eventLoop)
     self.handler = handler
     self.scheme = scheme
     self.streamWindowSize = streamWindowSize
@@ -41,27 +36,13 @@ final class ActiveConnection: Sendable {
   }
 
   /// Hands `stream`'s queued request parts to the event loop. Streams that queue parts while a
-  /// hand-off is pending join it: one event-loop task writes every waiting stream's parts and
-  /// flushes once, so calls started together leave in one write system call (one task and one
-  /// `writev` per call before, BENCHMARKS.md). A stream queues at most once per hand-off, which
-  /// ``ClientStream`` ensures with its own flag.
+  /// hand-off is pending join it (``EventLoopHandOff``): one event-loop task writes every waiting
+  /// stream's parts and flushes once, so calls started together leave in one write system call
+  /// (one task and one `writev` per call before, BENCHMARKS.md). ``ClientStream`` hands itself
+  /// off at most once per batch, with its own flag.
   func scheduleFlush(_ stream: ClientStream) {
-    let schedule = self.waiting.withLock { waiting -> Bool in
-      waiting.streams.append(stream)
-      if waiting.taskScheduled { return false }
-      waiting.taskScheduled = true
-      return true
-    }
-    if schedule {
-      self.eventLoop.execute {
-        let streams = self.waiting.withLock { waiting -> [ClientStream] in
-          waiting.taskScheduled = false
-          let streams = waiting.streams
-          waiting.streams = []
-          return streams
-        }
-        self.handler.value.flush(streams, on: self)
-      }
+    self.waitingStreams.handOff(stream) { streams in
+      self.handler.value.flush(streams, on: self)
     }
   }
 

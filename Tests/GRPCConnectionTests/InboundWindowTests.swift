@@ -105,26 +105,4 @@ struct FlushCoalescerTests {
     let atEnd = flushes.readLoopEnded()
     #expect(!atEnd)
   }
-
-  @Test("writes from tasks of their own share one queued flush task until it runs")
-  func writesInTasks() {
-    var flushes = FlushCoalescer()
-    let first = flushes.wroteInTask()
-    let second = flushes.wroteInTask()
-    #expect(first, "the first write queues the flush task")
-    #expect(!second, "the queued task flushes the second write too")
-    flushes.flushTaskRan()
-    let third = flushes.wroteInTask()
-    #expect(third, "a write after the task ran queues another")
-  }
-
-  @Test("a write from a task during a read loop waits for the loop's end, not for a task")
-  func writeInTaskDuringReadLoop() {
-    var flushes = FlushCoalescer()
-    flushes.readStarted()
-    let queued = flushes.wroteInTask()
-    let atEnd = flushes.readLoopEnded()
-    #expect(!queued)
-    #expect(atEnd, "the read loop's flush covers it")
-  }
 }

@@ -4,15 +4,42 @@ import Logging
 import NIOCore
 import NIOEmbedded
 import NIOHTTP2
+import NIOPosix
 import RegistryPrimitives
 import Testing
 
 @testable import GRPCConnection
 
 /// Requests of calls started together leave in one flush (`ActiveConnection.scheduleFlush`): one
-/// event-loop task and one write system call for all of them, not one each.
+/// event-loop task and one write system call for all of them, not one each. Both sides hand
+/// their streams to the loop with `EventLoopHandOff`.
 @Suite("Client requests flushed together")
 struct RequestBatchingTests {
+  @Test("items handed off while the loop is busy arrive in one batch; later ones in the next")
+  func handOffBatches() async throws {
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    let loop = group.next()
+    let handOff = EventLoopHandOff<Int>(eventLoop: loop)
+    let batches = Locked<[[Int]]>([])
+    let drain: @Sendable ([Int]) -> Void = { batch in batches.withLock { $0.append(batch) } }
+
+    let held = DispatchSemaphore(value: 0)
+    let release = DispatchSemaphore(value: 0)
+    loop.execute {
+      held.signal()
+      release.wait()
+    }
+    held.wait()
+    for item in 1 ... 5 { handOff.handOff(item, drain: drain) }
+    release.signal()
+    try await loop.submit {}.get()
+    handOff.handOff(6, drain: drain)
+    try await loop.submit {}.get()
+
+    #expect(batches.withLock { $0 } == [[1, 2, 3, 4, 5], [6]])
+    try await group.shutdownGracefully()
+  }
+
   /// Counts the flushes that reach the channel (it sits next to the head of the pipeline).
   final class FlushCounter: ChannelOutboundHandler, Sendable {
     typealias OutboundIn = HTTP2Frame

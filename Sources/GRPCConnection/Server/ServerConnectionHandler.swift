@@ -47,6 +47,9 @@ final class ServerConnectionHandler: ChannelInboundHandler {
 
   private var context: ChannelHandlerContext?
   private var loopBoundSelf: NIOLoopBound<ServerConnectionHandler>?
+  /// Streams whose responses, written by handlers off the loop, wait for it: one task writes
+  /// them all and flushes once (``flushResponses(_:)``).
+  private var responseHandOff: EventLoopHandOff<ServerStream>?
   private var connection = ServerConnectionStateMachine()
   private var streams: [HTTP2StreamID: StreamRecord] = [:]
   private var flushes = FlushCoalescer()
@@ -82,6 +85,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
   func handlerAdded(context: ChannelHandlerContext) {
     self.context = context
     self.loopBoundSelf = NIOLoopBound(self, eventLoop: context.eventLoop)
+    self.responseHandOff = EventLoopHandOff(eventLoop: context.eventLoop)
     if context.channel.isActive { self.started(context: context) }
   }
 
@@ -180,17 +184,6 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     }
   }
 
-  /// For writes made in a task of their own: flushes in a task queued behind the tasks already
-  /// waiting on the loop, so that the responses of calls that finished together leave in one
-  /// write system call rather than one each.
-  private func flushAfterQueuedTasks(context: ChannelHandlerContext) {
-    guard self.flushes.wroteInTask() else { return }
-    context.eventLoop.assumeIsolated().execute {
-      self.flushes.flushTaskRan()
-      self.context?.flush()
-    }
-  }
-
   func channelRead(context: ChannelHandlerContext, data: NIOAny) {
     let frame = self.unwrapInboundIn(data)
     self.flushes.readStarted()
@@ -237,11 +230,12 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     )
     switch action {
     case .start(let descriptor, let metadata, let timeout):
-      guard let handler = self.loopBoundSelf else { return }
+      guard let handler = self.loopBoundSelf, let handOff = self.responseHandOff else { return }
       let stream = ServerStream(
         id: id,
         metadata: metadata,
         handler: handler,
+        handOff: handOff,
         streamWindowSize: self.settings.streamWindowSize
       )
       if headers.endStream { stream.deliver([], end: true) }
@@ -394,8 +388,19 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     self.handlerSlot?.overBudget() ?? false
   }
 
+  /// Writes what the handlers of `streams` queued off the loop (handed off together,
+  /// ``EventLoopHandOff``), and flushes once.
+  func flushResponses(_ streams: [ServerStream]) {
+    for stream in streams {
+      self.flush(stream, inPlace: false)
+    }
+    if let context = self.context {
+      self.flushSoon(context: context)
+    }
+  }
+
   /// Writes what `stream`'s handler queued. `inPlace`: the handler runs on this loop and called
-  /// this itself (so the frames are flushed at once); otherwise this runs in a task of its own.
+  /// this itself (so the frames are flushed at once); otherwise the caller flushes.
   func flush(_ stream: ServerStream, inPlace: Bool) {
     let parts = stream.takeOutbound()
     let accounted = parts.reduce(0) { $0 + $1.bytes }
@@ -495,8 +500,6 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     if wroteStreamFrames { self.connection.wroteHeadersOrData() }
     if inPlace {
       self.flushSoon(context: context)
-    } else {
-      self.flushAfterQueuedTasks(context: context)
     }
   }
 

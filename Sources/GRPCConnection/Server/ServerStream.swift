@@ -39,6 +39,8 @@ final class ServerStream: Sendable {
   let id: HTTP2StreamID
   let handler: NIOLoopBound<ServerConnectionHandler>
   let eventLoop: any EventLoop
+  /// The connection's hand-off of responses written off the loop.
+  private let handOff: EventLoopHandOff<ServerStream>
   let streamWindowSize: Int
   private let state: Locked<State>
 
@@ -53,10 +55,12 @@ final class ServerStream: Sendable {
     id: HTTP2StreamID,
     metadata: Metadata,
     handler: NIOLoopBound<ServerConnectionHandler>,
+    handOff: EventLoopHandOff<ServerStream>,
     streamWindowSize: Int
   ) {
     self.id = id
     self.handler = handler
+    self.handOff = handOff
     self.eventLoop = handler.eventLoop
     self.streamWindowSize = streamWindowSize
     var state = State()
@@ -209,8 +213,9 @@ final class ServerStream: Sendable {
       handler.value.flush(self, inPlace: true)
       return handler.value.handlerOverBudget()
     } else {
-      self.eventLoop.execute {
-        handler.value.flush(self, inPlace: false)
+      // Written off the loop: joins the responses of other handlers waiting for it.
+      self.handOff.handOff(self) { streams in
+        handler.value.flushResponses(streams)
       }
       return false
     }
