@@ -6,20 +6,13 @@ import Testing
 
 @testable import GRPCConnection
 
-/// The client connection's lifecycle (`HTTP2Connection.StateMachine`) driven event by event,
-/// without sockets: which connection RPCs get, what the connection loop does next, and the races
-/// the end-to-end tests found.
-@Suite("Client connection state machine")
-struct HTTP2ConnectionStateMachineTests {
-  typealias Machine = HTTP2Connection.StateMachine
-
-  /// A connection on an embedded channel: the state machine only keeps it and hands it out.
-  static func connection(_ id: UInt64) -> ActiveConnection {
-    let channel = EmbeddedChannel()
-    let ready = channel.eventLoop.makePromise(of: NIOLoopBound<ConnectionHandler>.self)
-    // Settled at once: the handler never sees SETTINGS here.
+extension ConnectionHandler {
+  /// A client connection handler for tests that never hear from a server: no SETTINGS arrive,
+  /// so its ready promise is settled (failed) at once; default windows, no keep-alive.
+  static func withoutPeer(on eventLoop: any EventLoop) -> ConnectionHandler {
+    let ready = eventLoop.makePromise(of: NIOLoopBound<ConnectionHandler>.self)
     ready.fail(CancellationError())
-    let handler = ConnectionHandler(
+    return ConnectionHandler(
       settings: .init(
         streamWindowSize: 65535,
         connectionWindowSize: 65535,
@@ -30,6 +23,20 @@ struct HTTP2ConnectionStateMachineTests {
       logger: Logger(label: "test"),
       onEvent: { _ in }
     )
+  }
+}
+
+/// The client connection's lifecycle (`HTTP2Connection.StateMachine`) driven event by event,
+/// without sockets: which connection RPCs get, what the connection loop does next, and the races
+/// the end-to-end tests found.
+@Suite("Client connection state machine")
+struct HTTP2ConnectionStateMachineTests {
+  typealias Machine = HTTP2Connection.StateMachine
+
+  /// A connection on an embedded channel: the state machine only keeps it and hands it out.
+  static func connection(_ id: UInt64) -> ActiveConnection {
+    let channel = EmbeddedChannel()
+    let handler = ConnectionHandler.withoutPeer(on: channel.eventLoop)
     let connection = ActiveConnection(
       id: id,
       channel: channel,

@@ -15,6 +15,19 @@ import Testing
 /// their streams to the loop with `EventLoopHandOff`.
 @Suite("Client requests flushed together")
 struct RequestBatchingTests {
+  /// Blocks `loop` in a task until the returned semaphore is signalled; returns once the loop
+  /// is held, so that work handed to it meanwhile waits.
+  static func hold(_ loop: any EventLoop) -> DispatchSemaphore {
+    let held = DispatchSemaphore(value: 0)
+    let release = DispatchSemaphore(value: 0)
+    loop.execute {
+      held.signal()
+      release.wait()
+    }
+    held.wait()
+    return release
+  }
+
   @Test("items handed off while the loop is busy arrive in one batch; later ones in the next")
   func handOffBatches() async throws {
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
@@ -23,13 +36,7 @@ struct RequestBatchingTests {
     let batches = Locked<[[Int]]>([])
     let drain: @Sendable ([Int]) -> Void = { batch in batches.withLock { $0.append(batch) } }
 
-    let held = DispatchSemaphore(value: 0)
-    let release = DispatchSemaphore(value: 0)
-    loop.execute {
-      held.signal()
-      release.wait()
-    }
-    held.wait()
+    let release = Self.hold(loop)
     for item in 1 ... 5 { handOff.handOff(item, drain: drain) }
     release.signal()
     try await loop.submit {}.get()
@@ -56,22 +63,10 @@ struct RequestBatchingTests {
     let counter = FlushCounter()
     let loop = NIOAsyncTestingEventLoop()
     let channel = try await NIOAsyncTestingChannel(loop: loop) { channel in
-      let ready = channel.eventLoop.makePromise(of: NIOLoopBound<ConnectionHandler>.self)
-      // Settled at once: no SETTINGS arrive here.
-      ready.fail(CancellationError())
-      let handler = ConnectionHandler(
-        settings: .init(
-          streamWindowSize: 65535,
-          connectionWindowSize: 65535,
-          keepalive: nil,
-          stallDetection: nil
-        ),
-        readyPromise: ready,
-        logger: Logger(label: "test"),
-        onEvent: { _ in }
-      )
       try channel.pipeline.syncOperations.addHandler(counter)
-      try channel.pipeline.syncOperations.addHandler(handler)
+      try channel.pipeline.syncOperations.addHandler(
+        ConnectionHandler.withoutPeer(on: channel.eventLoop)
+      )
     }
     try await channel.connect(to: try SocketAddress(ipAddress: "127.0.0.1", port: 1))
     let handler = try await channel.pipeline.handler(type: ConnectionHandler.self).map {
@@ -87,13 +82,7 @@ struct RequestBatchingTests {
     let flushesBefore = counter.flushes.withLock { $0 }
 
     // Hold the event loop so that the three calls queue their requests before it runs.
-    let held = DispatchSemaphore(value: 0)
-    let release = DispatchSemaphore(value: 0)
-    loop.execute {
-      held.signal()
-      release.wait()
-    }
-    held.wait()
+    let release = Self.hold(loop)
     var streams: [ClientStream] = []
     for index in 0 ..< 3 {
       let stream = ClientStream(
