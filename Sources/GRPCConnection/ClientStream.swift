@@ -92,7 +92,7 @@ final class ClientStream: Sendable {
   func write(_ part: RPCRequestPart<[UInt8]>) async throws {
     switch part {
     case .metadata(let metadata):
-      let headers = GRPCWire.makeRequestHeaders(
+      let headers = try GRPCWire.makeRequestHeaders(
         path: self.path,
         scheme: self.connection.scheme,
         authority: self.authority,

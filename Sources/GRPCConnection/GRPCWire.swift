@@ -18,13 +18,18 @@ enum GRPCWire {
     "content-type", "grpc-status", "grpc-message", "grpc-encoding", "grpc-accept-encoding",
   ]
 
+  /// Builds a request's HEADERS.
+  ///
+  /// - Throws: `RPCError` (`internalError`, as grpc-go fails such a call) naming the entry, when
+  ///   the metadata has a key or value that gRPC cannot carry (``metadataProblem(name:value:)``);
+  ///   nothing is sent, and the connection's other calls are not affected.
   static func makeRequestHeaders(
     path: String,
     scheme: String,
     authority: String,
     timeout: Duration?,
     metadata: Metadata
-  ) -> HPACKHeaders {
+  ) throws(RPCError) -> HPACKHeaders {
     var headers = HPACKHeaders()
     headers.reserveCapacity(6 + metadata.count)
     // Pseudo-headers must precede all regular fields.
@@ -44,6 +49,9 @@ enum GRPCWire {
       if name == "grpc-timeout" {
         hasTimeout = true
       }
+      if let problem = Self.metadataProblem(name: name, value: value) {
+        throw RPCError(code: .internalError, message: "The request's metadata \(problem)")
+      }
       headers.add(name: name, value: value.encoded())
     }
 
@@ -53,6 +61,42 @@ enum GRPCWire {
       headers.add(name: "grpc-timeout", value: Self.encodeTimeout(timeout))
     }
     return headers
+  }
+
+  /// What makes a metadata entry impossible to send, phrased to follow "The request's
+  /// metadata" or "The response's metadata", with what to do instead; `nil` when it can be sent.
+  /// `name` is the lowercased key. gRPC's rules (PROTOCOL-HTTP2.md, Custom-Metadata): a key is
+  /// lowercase letters, digits, `-`, `_` and `.`; a text value is printable ASCII (space to `~`);
+  /// binary values (keys ending in `-bin`) are base64-encoded and always fit. Checked before the
+  /// entry reaches HPACK, which traps on a key that is not ASCII, and the HTTP/2 layer, which
+  /// drops a header block with an invalid name without failing the call.
+  static func metadataProblem(name: String, value: Metadata.Value) -> String? {
+    if name.isEmpty {
+      return
+        "has an empty key; give every entry a key of lowercase letters, digits, '-', '_' or '.'"
+    }
+    for byte in name.utf8 {
+      switch byte {
+      case UInt8(ascii: "a") ... UInt8(ascii: "z"), UInt8(ascii: "0") ... UInt8(ascii: "9"),
+        UInt8(ascii: "-"), UInt8(ascii: "_"), UInt8(ascii: "."):
+        continue
+      default:
+        return """
+          key '\(name)' is not a gRPC metadata key: use only lowercase letters, digits, '-', '_' \
+          and '.'
+          """
+      }
+    }
+    if case .string(let text) = value,
+      let offset = text.utf8.firstIndex(where: { $0 < 0x20 || $0 > 0x7E })
+    {
+      let position = text.utf8.distance(from: text.utf8.startIndex, to: offset)
+      return """
+        value of '\(name)' has a byte outside printable ASCII (0x\(String(text.utf8[offset], radix: 16)) \
+        at offset \(position)); send such values as binary metadata, under a key ending in '-bin'
+        """
+    }
+    return nil
   }
 
   /// Encodes a timeout as at most 8 digits and a unit, rounding up (PROTOCOL-HTTP2.md).

@@ -27,6 +27,41 @@ struct HTTP2ConnectionTests {
     }
   }
 
+  // Before the check in GRPCWire a key that was not ASCII trapped in HPACK (the process
+  // crashed), a key with a space left the call waiting for its deadline, and a value with CR LF
+  // broke the connection for every call on it.
+  @Test(
+    "request metadata gRPC cannot carry fails the call at once, naming it; the connection goes on"
+  )
+  func invalidRequestMetadata() async throws {
+    try await withEchoServerAndClient { client, _, _ in
+      var options = CallOptions.defaults
+      options.timeout = .seconds(30)
+      let cases: [(key: String, value: String, names: String)] = [
+        ("bad key", "v", "key 'bad key'"),
+        ("ünicode", "v", "key 'ünicode'"),
+        ("echo-text", "line\r\nbreak", "value of 'echo-text'"),
+        ("echo-text", "café", "value of 'echo-text'"),
+      ]
+      for (key, value, names) in cases {
+        let error = await #expect(throws: RPCError.self) {
+          try await client.echo([1], metadata: [key: .string(value)], options: options).message
+        }
+        #expect(error?.code == .internalError, "\(key): \(String(describing: error))")
+        #expect(error?.message.contains(names) == true, "\(String(describing: error))")
+      }
+      // Upper case is lowered, as grpc does; binary values may hold any byte.
+      let fine = try await client.echo(
+        [2],
+        metadata: ["Echo-Text": "ok", "echo-bin": .binary([0, 13, 10, 255])],
+        options: options
+      )
+      #expect(try fine.message == [2])
+      #expect(Array(fine.metadata[stringValues: "echo-text"]) == ["ok"])
+      #expect(Array(fine.metadata[binaryValues: "echo-bin"]) == [[0, 13, 10, 255]])
+    }
+  }
+
   @Test("client streaming")
   func clientStreaming() async throws {
     try await withEchoServerAndClient { client, _, _ in

@@ -144,6 +144,24 @@ struct HTTP2ServerTests {
     }
   }
 
+  // The stock client does not check metadata values, so a UTF-8 value reaches the server,
+  // whose echo handler puts it in its response headers: before the check it went out as it was.
+  @Test("Response metadata gRPC cannot carry ends the call with internalError naming it")
+  func invalidResponseMetadata() async throws {
+    try await withOwnServer(client: .stock) { client, _ in
+      let error = await #expect(throws: RPCError.self) {
+        try await client.call([1], metadata: ["echo-text": "café"]).message
+      }
+      #expect(error?.code == .internalError, "\(String(describing: error))")
+      #expect(
+        error?.message.contains("response's metadata value of 'echo-text'") == true,
+        "\(String(describing: error))"
+      )
+      let next = try await client.call([2], metadata: ["echo-text": "plain"])
+      #expect(try next.message == [2], "the connection goes on serving")
+    }
+  }
+
   @Test("Streaming in both directions, many messages", arguments: ServerTestClient.allCases)
   func streaming(client kind: ServerTestClient) async throws {
     try await withOwnServer(client: kind) { client, _ in

@@ -192,11 +192,11 @@ struct ServerStateMachineTests {
   // MARK: - Responses
 
   @Test("Metadata, messages, status become headers, data, trailers; status alone is trailers-only")
-  func responses() {
+  func responses() throws {
     var (stream, _) = Self.open(endStream: true)
     guard
       case .headers(let headers) = stream.write(
-        .metadata(GRPCWire.makeResponseHeaders(metadata: ["a": "1"]))
+        .metadata(try GRPCWire.makeResponseHeaders(metadata: ["a": "1"]))
       )
     else {
       Issue.record("expected headers")
@@ -252,7 +252,7 @@ struct ServerStateMachineTests {
   @Test("The deadline ends an open call with DEADLINE_EXCEEDED and RST_STREAM(NO_ERROR)")
   func deadline() throws {
     var (stream, _) = Self.open()
-    _ = stream.write(.metadata(GRPCWire.makeResponseHeaders(metadata: [:])))
+    _ = stream.write(.metadata(GRPCWire.plainResponseHeaders))
     let (trailers, reset, error) = try #require(Self.failure(stream.deadlineExpired()))
     #expect(trailers?.first(name: "grpc-status") == "4")
     #expect(trailers?.first(name: ":status") == nil, "headers were sent: real trailers")

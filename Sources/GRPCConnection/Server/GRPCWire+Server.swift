@@ -19,22 +19,41 @@ extension GRPCWire {
     Self.metadata(from: headers, excluding: Self.reservedRequestFields)
   }
 
+  /// Response headers without metadata: `:status 200` and the gRPC content type.
+  static let plainResponseHeaders: HPACKHeaders = [
+    ":status": "200", "content-type": "application/grpc",
+  ]
+
   /// Response headers: `:status 200`, the gRPC content type, then `metadata` (binary values
   /// base64-encoded, reserved and pseudo fields left out).
-  static func makeResponseHeaders(metadata: Metadata) -> HPACKHeaders {
-    var headers = HPACKHeaders()
+  ///
+  /// - Throws: `RPCError` (`internalError`) naming the entry when the handler's metadata has a
+  ///   key or value gRPC cannot carry (``GRPCWire/metadataProblem(name:value:)``); grpc-swift's
+  ///   executor then ends the call with that status.
+  static func makeResponseHeaders(metadata: Metadata) throws(RPCError) -> HPACKHeaders {
+    var headers = Self.plainResponseHeaders
     headers.reserveCapacity(2 + metadata.count)
-    headers.add(name: ":status", value: "200")
-    headers.add(name: "content-type", value: "application/grpc")
-    Self.addMetadata(metadata, to: &headers)
+    if let problem = Self.addMetadata(metadata, to: &headers) {
+      throw RPCError(code: .internalError, message: "The response's metadata \(problem)")
+    }
     return headers
   }
 
   /// Trailers carrying `status`, or a trailers-only response (`:status` and content type first)
-  /// when no response headers were sent.
+  /// when no response headers were sent. Trailing metadata gRPC cannot carry
+  /// (``GRPCWire/metadataProblem(name:value:)``) turns the status into `internalError` naming
+  /// the entry, without the metadata: the client learns what was wrong, and the connection is
+  /// not put at risk.
   static func makeTrailers(status: Status, metadata: Metadata, trailersOnly: Bool) -> HPACKHeaders {
+    var status = status
+    var trailing = HPACKHeaders()
+    trailing.reserveCapacity(metadata.count)
+    if let problem = Self.addMetadata(metadata, to: &trailing) {
+      status = Status(code: .internalError, message: "The response's trailing metadata \(problem)")
+      trailing = HPACKHeaders()
+    }
     var headers = HPACKHeaders()
-    headers.reserveCapacity(4 + metadata.count)
+    headers.reserveCapacity(4 + trailing.count)
     if trailersOnly {
       headers.add(name: ":status", value: "200")
       headers.add(name: "content-type", value: "application/grpc")
@@ -43,7 +62,7 @@ extension GRPCWire {
     if !status.message.isEmpty {
       headers.add(name: "grpc-message", value: PercentEncoding.encode(status.message))
     }
-    Self.addMetadata(metadata, to: &headers)
+    headers.add(contentsOf: trailing)
     return headers
   }
 
@@ -58,7 +77,12 @@ extension GRPCWire {
     return headers
   }
 
-  private static func addMetadata(_ metadata: Metadata, to headers: inout HPACKHeaders) {
+  /// Adds `metadata`'s entries to `headers`, less reserved and pseudo fields; stops at the first
+  /// entry gRPC cannot carry and returns what is wrong with it.
+  private static func addMetadata(
+    _ metadata: Metadata,
+    to headers: inout HPACKHeaders
+  ) -> String? {
     for (key, value) in metadata {
       let name = key.lowercased()
       if name.utf8.first == UInt8(ascii: ":") || Self.reservedResponseHeaders.contains(name)
@@ -66,8 +90,12 @@ extension GRPCWire {
       {
         continue
       }
+      if let problem = Self.metadataProblem(name: name, value: value) {
+        return problem
+      }
       headers.add(name: name, value: value.encoded())
     }
+    return nil
   }
 
   /// Decodes a `grpc-timeout` value (1 to 8 digits and a unit); `nil` if malformed.

@@ -141,7 +141,7 @@ final class ServerStream: Sendable {
     let bytes: Int
     switch part {
     case .metadata(let metadata):
-      prepared = .metadata(GRPCWire.makeResponseHeaders(metadata: metadata))
+      prepared = .metadata(try GRPCWire.makeResponseHeaders(metadata: metadata))
       bytes = 0
     case .message(let message):
       prepared = .message(GRPCWire.frame(message))

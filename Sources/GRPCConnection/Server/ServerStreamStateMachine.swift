@@ -336,7 +336,7 @@ struct ServerStreamStateMachine {
       return .drop
     case (.message(let buffer), .idle):
       self.response = .headersSent
-      return .headersAndData(GRPCWire.makeResponseHeaders(metadata: [:]), buffer)
+      return .headersAndData(GRPCWire.plainResponseHeaders, buffer)
     case (.message(let buffer), .headersSent):
       return .data(buffer)
     case (.status(let status, let metadata), let state):
