@@ -122,13 +122,9 @@ package final class ChildProcess: Sendable {
   /// then SIGKILLs it and waits for that.
   package func stop(_ signal: Int32 = SIGTERM, escalateAfter limit: Duration = .seconds(5)) async {
     try? self.input.fileHandleForWriting.close()
-    self.signal(signal)
-    let deadline = ContinuousClock.now + limit
-    while self.process.isRunning {
-      if ContinuousClock.now >= deadline {
-        kill(self.process.processIdentifier, SIGKILL)
-      }
-      try? await Task.sleep(for: .milliseconds(10))
+    guard self.process.isRunning else { return }
+    await terminate(self.process.processIdentifier, with: signal, escalateAfter: limit) {
+      self.process.isRunning
     }
   }
 

@@ -55,19 +55,30 @@ final class ManagedProcess: Sendable {
   func signalAndWait(_ signal: Int32, escalateAfter limit: Duration) async {
     guard let pid = self.pid else { return }
     _ = kill(pid, SIGCONT)
-    _ = kill(pid, signal)
-    let deadline = ContinuousClock.now + limit
-    while self.isRunning {
-      if ContinuousClock.now >= deadline {
-        _ = kill(pid, SIGKILL)
-      }
-      try? await Task.sleep(for: .milliseconds(10))
-    }
+    await terminate(pid, with: signal, escalateAfter: limit) { self.isRunning }
   }
 
   /// The last lines of the log, for error messages.
   func logTail(lines: Int = 20) -> String {
     let text = (try? String(contentsOfFile: self.logFile, encoding: .utf8)) ?? ""
     return text.split(separator: "\n").suffix(lines).joined(separator: "\n")
+  }
+}
+
+/// Sends `signal` to `pid`, sends SIGKILL once `limit` has passed, and polls `isRunning` every
+/// 10 ms until it is false. The one stop loop of the harness's child processes.
+func terminate(
+  _ pid: pid_t,
+  with signal: Int32,
+  escalateAfter limit: Duration,
+  isRunning: () -> Bool
+) async {
+  _ = kill(pid, signal)
+  let deadline = ContinuousClock.now + limit
+  while isRunning() {
+    if ContinuousClock.now >= deadline {
+      _ = kill(pid, SIGKILL)
+    }
+    try? await Task.sleep(for: .milliseconds(10))
   }
 }

@@ -41,8 +41,9 @@ final class ActiveConnection: Sendable {
   /// (one task and one `writev` per call before, BENCHMARKS.md). ``ClientStream`` hands itself
   /// off at most once per batch, with its own flag.
   func scheduleFlush(_ stream: ClientStream) {
-    self.waitingStreams.handOff(stream) { streams in
-      self.handler.value.flush(streams, on: self)
+    guard self.waitingStreams.add(stream) else { return }
+    self.eventLoop.execute {
+      self.handler.value.flush(self.waitingStreams.takeBatch(), on: self)
     }
   }
 

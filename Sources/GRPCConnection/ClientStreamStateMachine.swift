@@ -31,15 +31,16 @@ struct ClientStreamStateMachine {
     /// NO_ERROR when the server ended its half but the request half is open (so the server
     /// stops waiting for request data, as grpc does), CANCEL when the server did not end it.
     case finish(Status, Metadata, reset: HTTP2ErrorCode?)
-    /// The response is not gRPC; fail the call, and reset the stream (CANCEL) if `reset`.
-    case fail(RPCError, reset: Bool)
+    /// The response is not gRPC or not well-formed HTTP/2; fail the call, and reset the stream
+    /// with `reset` if it is not `nil`.
+    case fail(RPCError, reset: HTTP2ErrorCode?)
   }
 
   /// What the handler does after a DATA frame's messages were delivered.
   enum DataAction {
     case none
-    /// Fail the call; reset the stream (CANCEL) if `reset`.
-    case fail(RPCError, reset: Bool)
+    /// Fail the call; reset the stream with `reset` if it is not `nil`.
+    case fail(RPCError, reset: HTTP2ErrorCode?)
   }
 
   /// What the handler does when the stream ends without a final status.
@@ -94,13 +95,27 @@ struct ClientStreamStateMachine {
 
   /// A HEADERS frame from the server: the response headers, or the trailers after messages.
   mutating func receivedHeaders(_ headers: HPACKHeaders, endStream: Bool) -> HeadersAction {
+    if self.response != .closed,
+      let problem = GRPCWire.receivedBlockProblem(
+        headers,
+        isTrailers: self.response == .receivingMessages
+      )
+    {
+      // A malformed response is a stream error of type PROTOCOL_ERROR (RFC 9113 § 8.1.1).
+      let part = self.response == .receivingMessages ? "trailers" : "response headers"
+      self.response = .closed
+      return .fail(
+        RPCError(code: .internalError, message: "The server's \(part) \(problem)."),
+        reset: endStream ? nil : .protocolError
+      )
+    }
     switch self.response {
     case .awaitingHeaders:
       guard let statusField = headers.first(name: ":status"), let httpStatus = Int(statusField)
       else {
         return self.fail(
           RPCError(code: .internalError, message: "The server's response has no valid ':status'."),
-          reset: !endStream
+          reset: endStream ? nil : .cancel
         )
       }
       if (100 ..< 200).contains(httpStatus) {
@@ -121,7 +136,7 @@ struct ClientStreamStateMachine {
             code: .internalError,
             message: "The server responded with content-type '\(contentType)', not gRPC."
           ),
-          reset: !endStream
+          reset: endStream ? nil : .cancel
         )
       }
       if endStream {
@@ -163,7 +178,7 @@ struct ClientStreamStateMachine {
       self.response = .closed
       return .fail(
         RPCError(code: .internalError, message: "The server sent DATA before response headers."),
-        reset: !endStream
+        reset: endStream ? nil : .cancel
       )
     case .closed:
       return .none
@@ -178,14 +193,14 @@ struct ClientStreamStateMachine {
       }
     } catch {
       self.response = .closed
-      return .fail(error, reset: !endStream)
+      return .fail(error, reset: endStream ? nil : .cancel)
     }
 
     if endStream {
       self.response = .closed
       return .fail(
         RPCError(code: .internalError, message: "The server closed the stream without trailers."),
-        reset: false
+        reset: nil
       )
     }
     return .none
@@ -240,7 +255,7 @@ struct ClientStreamStateMachine {
     return .finish(status, metadata, reset: reset)
   }
 
-  private mutating func fail(_ error: RPCError, reset: Bool) -> HeadersAction {
+  private mutating func fail(_ error: RPCError, reset: HTTP2ErrorCode?) -> HeadersAction {
     self.response = .closed
     return .fail(error, reset: reset)
   }

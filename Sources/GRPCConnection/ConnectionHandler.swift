@@ -499,13 +499,13 @@ final class ConnectionHandler: ChannelInboundHandler {
   private func failStream(
     _ id: HTTP2StreamID,
     error: RPCError,
-    reset: Bool,
+    reset: HTTP2ErrorCode?,
     context: ChannelHandlerContext
   ) {
     guard let record = self.removeStream(id) else { return }
     record.stream.fail(error)
-    if reset {
-      self.writeReset(.cancel, streamID: id, context: context)
+    if let reset {
+      self.writeReset(reset, streamID: id, context: context)
     }
   }
 

@@ -11,7 +11,8 @@ import RegistryPrimitives
 /// The caller hands each item off at most once per batch (the streams do it with their own
 /// "flush scheduled" flag), so a batch holds no duplicates.
 final class EventLoopHandOff<Item: Sendable>: Sendable {
-  private let eventLoop: any EventLoop
+  /// The loop the batches are taken on.
+  let eventLoop: any EventLoop
   private let waiting = Locked(Waiting())
 
   private struct Waiting {
@@ -23,23 +24,22 @@ final class EventLoopHandOff<Item: Sendable>: Sendable {
     self.eventLoop = eventLoop
   }
 
-  /// Adds `item` to the next batch. If no task is pending, schedules one on the event loop that
-  /// takes the batch and passes it to `drain`; otherwise `drain` is not used (the pending task
-  /// runs the `drain` given with the hand-off that scheduled it).
-  func handOff(_ item: Item, drain: @escaping @Sendable ([Item]) -> Void) {
-    let schedule = self.waiting.withLock { waiting -> Bool in
+  /// Adds `item` to the next batch. Returns true when no task was pending: the caller then
+  /// schedules one on ``eventLoop`` that calls ``takeBatch()``. Returns false when a task is
+  /// already pending; it takes `item` with the rest. Splitting the two keeps the caller's task
+  /// closure (and its allocation) to the hand-offs that schedule one.
+  func add(_ item: Item) -> Bool {
+    self.waiting.withLock { waiting -> Bool in
       waiting.items.append(item)
       if waiting.taskScheduled { return false }
       waiting.taskScheduled = true
       return true
     }
-    guard schedule else { return }
-    self.eventLoop.execute {
-      drain(self.takeBatch())
-    }
   }
 
-  private func takeBatch() -> [Item] {
+  /// Takes every item added since the last batch; the next ``add(_:)`` schedules again. Called
+  /// by the task that ``add(_:)`` asked for, on the event loop.
+  func takeBatch() -> [Item] {
     self.waiting.withLock { waiting in
       waiting.taskScheduled = false
       let items = waiting.items

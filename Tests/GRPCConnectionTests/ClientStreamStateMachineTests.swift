@@ -160,7 +160,7 @@ struct ClientStreamStateMachineTests {
       return
     }
     #expect(error.code == .internalError)
-    #expect(reset)
+    #expect(reset == .cancel)
     #expect(noStatus.response == .closed)
 
     var html = Self.unarySent()
@@ -174,7 +174,48 @@ struct ClientStreamStateMachineTests {
     }
     #expect(htmlError.code == .internalError)
     #expect(htmlError.message.contains("text/html"))
-    #expect(!htmlReset, "the server ended the stream: nothing to reset")
+    #expect(htmlReset == nil, "the server ended the stream: nothing to reset")
+  }
+
+  @Test("malformed response headers or trailers fail the call and reset an open stream")
+  func malformedBlocks() {
+    var status = HPACKHeaders([(":status", "200")])
+    status.add(name: ":status", value: "200")
+    let headerCases: [(HPACKHeaders, String)] = [
+      ([":status": "200", "Upper": "1"], "\"Upper\""),
+      ([":status": "200", "bad name": "1"], "\"bad name\""),
+      ([":status": "200", "keep-alive": "1"], "'keep-alive'"),
+      ([":status": "200", "x": "a\nb"], "value of 'x'"),
+      ([":status": "200", ":method": "GET"], "\":method\""),
+      (["content-type": "application/grpc", ":status": "200"], "after regular fields"),
+      (status, "twice"),
+      ([":status": "20 0"], "':status' of"),
+    ]
+    for (headers, named) in headerCases {
+      var machine = Self.unarySent()
+      guard case .fail(let error, let reset) = machine.receivedHeaders(headers, endStream: false)
+      else {
+        Issue.record("\(headers) did not fail")
+        continue
+      }
+      #expect(error.code == .internalError)
+      #expect(error.message.contains("response headers"), "\(error)")
+      #expect(error.message.contains(named), "\(error)")
+      #expect(reset == .protocolError)
+      #expect(machine.response == .closed)
+    }
+
+    var trailers = Self.unarySent()
+    _ = trailers.receivedHeaders(Self.responseHeaders, endStream: false)
+    var withStatus = Self.trailers(0)
+    withStatus.add(name: ":status", value: "200")
+    guard case .fail(let error, let reset) = trailers.receivedHeaders(withStatus, endStream: true)
+    else {
+      Issue.record("trailers with a pseudo-header did not fail")
+      return
+    }
+    #expect(error.message.contains("trailers"), "\(error)")
+    #expect(reset == nil, "the server ended the stream: nothing to reset")
   }
 
   @Test("DATA before headers, DATA ending the stream without trailers and a cut message fail")
@@ -188,7 +229,7 @@ struct ClientStreamStateMachineTests {
       return
     }
     #expect(error.code == .internalError)
-    #expect(reset)
+    #expect(reset == .cancel)
 
     var noTrailers = Self.unarySent()
     _ = noTrailers.receivedHeaders(Self.responseHeaders, endStream: false)
@@ -200,7 +241,7 @@ struct ClientStreamStateMachineTests {
       return
     }
     #expect(endError.code == .internalError)
-    #expect(!endReset)
+    #expect(endReset == nil)
 
     var cut = Self.unarySent()
     _ = cut.receivedHeaders(Self.responseHeaders, endStream: false)
@@ -231,7 +272,7 @@ struct ClientStreamStateMachineTests {
       return
     }
     #expect(error.code == .resourceExhausted)
-    #expect(reset)
+    #expect(reset == .cancel)
   }
 
   @Test("REFUSED_STREAM before any response is retried with what was sent; after one it fails")

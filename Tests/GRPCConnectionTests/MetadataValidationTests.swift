@@ -39,6 +39,25 @@ struct MetadataValidationTests {
     #expect(error?.message.contains("'no good'") == true)
   }
 
+  @Test("a path or authority HTTP/2 cannot carry is refused with internalError")
+  func requestPseudoHeaders() {
+    for (path, authority, named) in [
+      ("/a/b c", "localhost", "':path'"), ("/a/b", "local\r\nhost", "':authority'"),
+    ] {
+      let error = #expect(throws: RPCError.self) {
+        try GRPCWire.makeRequestHeaders(
+          path: path,
+          scheme: "http",
+          authority: authority,
+          timeout: nil,
+          metadata: [:]
+        )
+      }
+      #expect(error?.code == .internalError)
+      #expect(error?.message.contains(named) == true, "\(String(describing: error))")
+    }
+  }
+
   @Test("trailing metadata gRPC cannot carry turns the status into internalError, without it")
   func trailers() {
     let trailers = GRPCWire.makeTrailers(

@@ -34,13 +34,16 @@ struct RequestBatchingTests {
     let loop = group.next()
     let handOff = EventLoopHandOff<Int>(eventLoop: loop)
     let batches = Locked<[[Int]]>([])
-    let drain: @Sendable ([Int]) -> Void = { batch in batches.withLock { $0.append(batch) } }
+    @Sendable func add(_ item: Int) {
+      guard handOff.add(item) else { return }
+      loop.execute { batches.withLock { $0.append(handOff.takeBatch()) } }
+    }
 
     let release = Self.hold(loop)
-    for item in 1 ... 5 { handOff.handOff(item, drain: drain) }
+    for item in 1 ... 5 { add(item) }
     release.signal()
     try await loop.submit {}.get()
-    handOff.handOff(6, drain: drain)
+    add(6)
     try await loop.submit {}.get()
 
     #expect(batches.withLock { $0 } == [[1, 2, 3, 4, 5], [6]])

@@ -136,15 +136,15 @@ extension GRPCWire {
 extension PercentEncoding {
   /// Percent-encodes a `grpc-message` value: every byte outside printable ASCII, and `%`.
   static func encode(_ value: String) -> String {
-    let needsEncoding = value.utf8.contains { byte in
-      byte < 0x20 || byte > 0x7E || byte == UInt8(ascii: "%")
+    func mustEscape(_ byte: UInt8) -> Bool {
+      !GRPCWire.isPrintableASCII(byte) || byte == UInt8(ascii: "%")
     }
-    guard needsEncoding else { return value }
+    guard value.utf8.contains(where: mustEscape) else { return value }
     let hex = Array("0123456789ABCDEF".utf8)
     var bytes: [UInt8] = []
     bytes.reserveCapacity(value.utf8.count * 2)
     for byte in value.utf8 {
-      if byte < 0x20 || byte > 0x7E || byte == UInt8(ascii: "%") {
+      if mustEscape(byte) {
         bytes.append(UInt8(ascii: "%"))
         bytes.append(hex[Int(byte >> 4)])
         bytes.append(hex[Int(byte & 0x0F)])

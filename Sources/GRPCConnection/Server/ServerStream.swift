@@ -214,8 +214,9 @@ final class ServerStream: Sendable {
       return handler.value.handlerOverBudget()
     } else {
       // Written off the loop: joins the responses of other handlers waiting for it.
-      self.handOff.handOff(self) { streams in
-        handler.value.flushResponses(streams)
+      let handOff = self.handOff
+      if handOff.add(self) {
+        handOff.eventLoop.execute { handler.value.flushResponses(handOff.takeBatch()) }
       }
       return false
     }
