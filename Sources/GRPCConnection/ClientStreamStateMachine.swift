@@ -95,14 +95,10 @@ struct ClientStreamStateMachine {
 
   /// A HEADERS frame from the server: the response headers, or the trailers after messages.
   mutating func receivedHeaders(_ headers: HPACKHeaders, endStream: Bool) -> HeadersAction {
-    if self.response != .closed,
-      let problem = GRPCWire.receivedBlockProblem(
-        headers,
-        isTrailers: self.response == .receivingMessages
-      )
-    {
+    let block: HeaderBlock = self.response == .receivingMessages ? .trailers : .response
+    if self.response != .closed, let problem = block.problem(in: headers) {
       // A malformed response is a stream error of type PROTOCOL_ERROR (RFC 9113 § 8.1.1).
-      let part = self.response == .receivingMessages ? "trailers" : "response headers"
+      let part = block == .trailers ? "trailers" : "response headers"
       self.response = .closed
       return .fail(
         RPCError(code: .internalError, message: "The server's \(part) \(problem)."),

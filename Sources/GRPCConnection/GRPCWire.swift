@@ -30,9 +30,9 @@ enum GRPCWire {
     timeout: Duration?,
     metadata: Metadata
   ) throws(RPCError) -> HPACKHeaders {
-    // The HTTP/2 layer does not validate what the client sends (see `receivedBlockProblem`).
+    // The HTTP/2 layer does not validate what the client sends (see `HeaderBlock`).
     for (name, value) in [(":path", path), (":authority", authority)]
-    where !Self.isValidPseudoHeaderValue(value) {
+    where !HeaderBlock.isValidPseudoHeaderValue(value) {
       throw RPCError(
         code: .internalError,
         message: """
@@ -108,68 +108,6 @@ enum GRPCWire {
         """
     }
     return nil
-  }
-
-  /// What makes a header block the server sent malformed under HTTP/2's rules (RFC 9113 § 8.2,
-  /// § 8.3.2), phrased to follow "The server's response headers" or "trailers"; `nil` when it is
-  /// well formed. Checked once per block by ``ClientStreamStateMachine``: the client's
-  /// connections run NIOHTTP2Handler with its header-block validation off, because it checks
-  /// every block sent as well (the client builds its own: pseudo-headers here, metadata with
-  /// ``metadataProblem(name:value:)``) and costs about 8 % of a call's CPU at 64 calls in flight
-  /// (BENCHMARKS.md). The same rules:
-  /// - names are non-empty lowercase HTTP tokens;
-  /// - pseudo-headers come first, only `:status`, once, and none in trailers;
-  /// - no connection-specific fields (`connection`, `keep-alive`, `proxy-connection`,
-  ///   `transfer-encoding`, `upgrade`);
-  /// - no CR, LF or NUL in any value, no control character, space or DEL in `:status`'s.
-  static func receivedBlockProblem(_ headers: HPACKHeaders, isTrailers: Bool) -> String? {
-    var regularSeen = false
-    var statusSeen = false
-    for (name, value, _) in headers {
-      guard let first = name.utf8.first else { return "have a field with an empty name" }
-      if first == UInt8(ascii: ":") {
-        if isTrailers || name != ":status" {
-          return "have the pseudo-header \(String(reflecting: name)), which is not allowed there"
-        }
-        if regularSeen { return "have ':status' after regular fields" }
-        if statusSeen { return "have ':status' twice" }
-        statusSeen = true
-        if !Self.isValidPseudoHeaderValue(value) {
-          return "have a ':status' of \(String(reflecting: value))"
-        }
-        continue
-      }
-      regularSeen = true
-      if !name.utf8.allSatisfy(Self.isLowercaseTokenByte) {
-        return
-          "have the field name \(String(reflecting: name)), which is not a lowercase HTTP token"
-      }
-      switch name {
-      case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
-        return "have the connection-specific field '\(name)', which HTTP/2 forbids"
-      default:
-        if value.utf8.contains(where: { $0 == 0x00 || $0 == 0x0A || $0 == 0x0D }) {
-          return "have CR, LF or NUL in the value of '\(name)'"
-        }
-      }
-    }
-    return nil
-  }
-
-  /// A byte of an HTTP token (RFC 9110 `tchar`) other than an upper-case letter: what an HTTP/2
-  /// field name is made of.
-  private static func isLowercaseTokenByte(_ byte: UInt8) -> Bool {
-    switch byte {
-    case 0x21, 0x23 ... 0x27, 0x2A, 0x2B, 0x2D, 0x2E, 0x30 ... 0x39, 0x5E ... 0x7A, 0x7C, 0x7E:
-      return true
-    default:
-      return false
-    }
-  }
-
-  /// Whether `value` may be a pseudo-header's value: no control character, space or DEL.
-  private static func isValidPseudoHeaderValue(_ value: String) -> Bool {
-    !value.utf8.contains(where: { $0 <= 0x20 || $0 == 0x7F })
   }
 
   /// Whether `byte` is printable ASCII, space to `~`: what a text metadata value may hold, and

@@ -160,7 +160,8 @@ struct ClientStreamStateMachineTests {
       return
     }
     #expect(error.code == .internalError)
-    #expect(reset == .cancel)
+    #expect(error.message.contains("lack ':status'"), "\(error)")
+    #expect(reset == .protocolError, "a response without ':status' is malformed HTTP/2")
     #expect(noStatus.response == .closed)
 
     var html = Self.unarySent()

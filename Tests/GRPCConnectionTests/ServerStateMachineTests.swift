@@ -103,7 +103,7 @@ struct ServerStateMachineTests {
 
   @Test("Bad paths, compression and malformed timeouts are answered with a status, trailers-only")
   func badRequests() throws {
-    for path in ["", "/", "Unary", "/test.Echo", "/test.Echo/", "//Unary", "/a/b/c"] {
+    for path in ["/", "Unary", "/test.Echo", "/test.Echo/", "//Unary", "/a/b/c"] {
       let (headers, _) = try #require(
         Self.rejection(Self.open(Self.requestHeaders(path: path)).1),
         "path '\(path)'"
@@ -134,6 +134,60 @@ struct ServerStateMachineTests {
   static func deliver(_ action: Stream.DataAction) -> ([[UInt8]], Bool)? {
     if case .deliver(let messages, let end) = action { return (messages, end) }
     return nil
+  }
+
+  /// Request blocks malformed under HTTP/2's rules (`HeaderBlock`), each with what the problem
+  /// must name.
+  static let malformedRequests: [(HPACKHeaders, String)] = {
+    let twice = HPACKHeaders([
+      (":method", "POST"), (":scheme", "http"), (":path", "/test.Echo/Unary"),
+      (":path", "/test.Echo/Unary"), ("content-type", "application/grpc"),
+    ])
+    var late = requestHeaders()
+    late.add(name: ":authority", value: "other")
+    var noScheme = requestHeaders()
+    noScheme.remove(name: ":scheme")
+    return [
+      (requestHeaders(extra: [("X-Upper", "1")]), "\"X-Upper\""),
+      (requestHeaders(extra: [("connection", "close")]), "'connection'"),
+      (requestHeaders(extra: [("x-value", "a\r\nb")]), "value of 'x-value'"),
+      (requestHeaders(extra: [(":status", "200")]), "\":status\""),
+      (twice, "':path' twice"),
+      (late, "':authority' after regular fields"),
+      (noScheme, "lack ':scheme'"),
+      (requestHeaders(path: ""), "':path' of \"\""),
+      (requestHeaders(path: "/a b"), "':path' of"),
+    ]
+  }()
+
+  @Test("Malformed request header blocks are stream errors: nothing answered, PROTOCOL_ERROR")
+  func malformedRequests() {
+    var te = Self.requestHeaders()
+    te.replaceOrAdd(name: "te", value: "gzip")
+    for (headers, named) in Self.malformedRequests + [(te, "'te: gzip'")] {
+      let (machine, action) = Self.open(headers)
+      guard case .malformed(let problem) = action else {
+        Issue.record("\(headers): expected malformed, got \(action)")
+        continue
+      }
+      #expect(problem.contains(named), "\(problem)")
+      #expect(machine.isDone)
+    }
+  }
+
+  @Test("Malformed trailers from the client fail the call and reset the stream (PROTOCOL_ERROR)")
+  func malformedTrailers() {
+    var (machine, _) = Self.open()
+    let action = machine.receivedTrailers([":path": "/x"], endStream: true)
+    guard case .fail(let trailers, let reset, let error) = action else {
+      Issue.record("expected fail, got \(action)")
+      return
+    }
+    #expect(trailers == nil, "a stream error is not answered with a status")
+    #expect(reset == .protocolError)
+    #expect(error.code == .internalError)
+    #expect(error.message.contains("trailers"))
+    #expect(machine.isDone)
   }
 
   @Test("Messages split across frames and several per frame are reassembled")
@@ -365,6 +419,28 @@ struct ServerStateMachineTests {
   }
 
   // MARK: - Wire helpers
+
+  @Test("A flood of malformed streams closes the connection; the same count spread out does not")
+  func malformedFlood() {
+    var policy = Connection.Policy()
+    policy.maxMalformedStreamsPerWindow = 20
+    policy.malformedStreamWindow = .seconds(10)
+    var connection = Connection(policy: policy)
+    let start = NIODeadline.uptimeNanoseconds(1_000_000_000)
+    var actions: [Connection.PolicyAction] = []
+    for i in 0 ..< 21 {
+      actions.append(connection.receivedMalformedStream(at: start + .milliseconds(Int64(i))))
+    }
+    #expect(actions.dropLast().allSatisfy { $0 == .none })
+    #expect(
+      actions.last
+        == .goAwayAndClose(lastStreamID: HTTP2StreamID(0), debug: "too_many_malformed_streams")
+    )
+    var slow = Connection(policy: policy)
+    for i in 0 ..< 100 {
+      #expect(slow.receivedMalformedStream(at: start + .seconds(Int64(i))) == .none)
+    }
+  }
 
   @Test("grpc-timeout decoding")
   func timeouts() {

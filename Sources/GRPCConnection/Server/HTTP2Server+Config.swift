@@ -48,7 +48,8 @@ extension HTTP2Server {
     public var tls: TLS?
 
     /// RST_STREAM frames a client may send per window before the connection is closed
-    /// (the HTTP/2 rapid-reset attack, CVE-2023-44487).
+    /// (the HTTP/2 rapid-reset attack, CVE-2023-44487). The same limit applies to the streams
+    /// it opens with a malformed request header block, which the server resets.
     public var maxResetsPerWindow: Int
     public var resetWindow: Duration
 
@@ -118,6 +119,8 @@ extension HTTP2Server {
       var policy = ServerConnectionStateMachine.Policy()
       policy.minPingInterval = TimeAmount(self.minClientPingInterval)
       policy.permitPingsWithoutCalls = self.permitClientPingsWithoutCalls
+      policy.maxMalformedStreamsPerWindow = self.maxResetsPerWindow
+      policy.malformedStreamWindow = TimeAmount(self.resetWindow)
       return ServerConnectionHandler.Settings(
         maxRequestBytes: self.maxRequestMessageBytes,
         streamWindowSize: self.streamWindowSize,
@@ -148,6 +151,9 @@ extension HTTP2Server {
       controlFrames.windowLength = .seconds(1)
       configuration.controlFrameRateLimit = controlFrames
       configuration.maximumRecentlyResetStreams = 1024
+      // Request header blocks are checked once each by ServerStreamStateMachine (HeaderBlock,
+      // the same rules), and the blocks the server sends are built from checked parts.
+      configuration.headerBlockValidation = .disabled
       return configuration
     }
 

@@ -149,8 +149,9 @@ final class ServerConnectionHandler: ChannelInboundHandler {
   }
 
   func errorCaught(context: ChannelHandlerContext, error: any Error) {
-    // Stream-level errors (a bad header block on one stream) are answered by NIOHTTP2Handler
-    // with RST_STREAM; the stream's close event then ends the call. Connection errors have
+    // Stream-level errors (a frame on a closed stream, a content-length mismatch) are answered
+    // by NIOHTTP2Handler with RST_STREAM; the stream's close event then ends the call. (Header
+    // blocks are checked by the stream state machine: `HeaderBlock`.) Connection errors have
     // already sent GOAWAY: close.
     if error is NIOHTTP2Errors.StreamError {
       self.logger.debug("HTTP/2 stream error", metadata: ["grpc.error": "\(error)"])
@@ -262,6 +263,15 @@ final class ServerConnectionHandler: ChannelInboundHandler {
       if reset { self.write(id, .rstStream(.noError), context: context) }
       self.flushSoon(context: context)
       self.streamEnded(context: context)
+    case .malformed(let problem):
+      self.logger.debug(
+        "Malformed request; stream reset with PROTOCOL_ERROR",
+        metadata: ["grpc.error": "\(problem)", "http2.stream_id": "\(id)"]
+      )
+      self.write(id, .rstStream(.protocolError), context: context)
+      self.flushSoon(context: context)
+      self.streamEnded(context: context)
+      self.perform(self.connection.receivedMalformedStream(at: .now()), context: context)
     }
   }
 

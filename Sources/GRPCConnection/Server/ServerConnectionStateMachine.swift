@@ -21,6 +21,12 @@ struct ServerConnectionStateMachine {
     /// per change; a flood is an attack).
     var maxSettingsPerWindow = 100
     var settingsWindow: TimeAmount = .seconds(30)
+    /// Streams with a malformed request header block a client may open per
+    /// `malformedStreamWindow` before the connection is closed with
+    /// GOAWAY(ENHANCE_YOUR_CALM, "too_many_malformed_streams"); each is reset with
+    /// PROTOCOL_ERROR. The server's `maxResetsPerWindow` and `resetWindow`.
+    var maxMalformedStreamsPerWindow = 1000
+    var malformedStreamWindow: TimeAmount = .seconds(10)
   }
 
   enum State: Equatable {
@@ -43,8 +49,8 @@ struct ServerConnectionStateMachine {
   private var lastPingAt: NIODeadline?
   private var sentDataSincePing = false
 
-  private var settingsWindowStart: NIODeadline?
-  private var settingsInWindow = 0
+  private var settingsCount = WindowedCount()
+  private var malformedCount = WindowedCount()
 
   init(policy: Policy = Policy()) {
     self.policy = policy
@@ -176,14 +182,22 @@ struct ServerConnectionStateMachine {
 
   /// A SETTINGS frame (not an ACK) arrived at `now`.
   mutating func receivedSettings(at now: NIODeadline) -> PolicyAction {
-    if let start = self.settingsWindowStart, now - start < self.policy.settingsWindow {
-      self.settingsInWindow += 1
-    } else {
-      self.settingsWindowStart = now
-      self.settingsInWindow = 1
-    }
-    if self.settingsInWindow > self.policy.maxSettingsPerWindow {
+    if self.settingsCount.add(at: now, window: self.policy.settingsWindow)
+      > self.policy.maxSettingsPerWindow
+    {
       return self.closeForPolicy(debug: "too_many_settings")
+    }
+    return .none
+  }
+
+  /// A stream's request header block was malformed (the handler resets the stream). Many in a
+  /// short time is an attack: each costs the server a header block to decode and a reset, and
+  /// none a handler, like the rapid-reset attack.
+  mutating func receivedMalformedStream(at now: NIODeadline) -> PolicyAction {
+    if self.malformedCount.add(at: now, window: self.policy.malformedStreamWindow)
+      > self.policy.maxMalformedStreamsPerWindow
+    {
+      return self.closeForPolicy(debug: "too_many_malformed_streams")
     }
     return .none
   }
@@ -192,5 +206,23 @@ struct ServerConnectionStateMachine {
     guard self.state != .closed else { return .none }
     self.state = .closed
     return .goAwayAndClose(lastStreamID: self.highestStreamID, debug: debug)
+  }
+}
+
+/// Events counted in fixed windows: the count restarts at 1 with the first event after a
+/// window has passed.
+struct WindowedCount {
+  private var start: NIODeadline?
+  private var count = 0
+
+  /// Counts an event at `now`; returns the count in its window, this one included.
+  mutating func add(at now: NIODeadline, window: TimeAmount) -> Int {
+    if let start = self.start, now - start < window {
+      self.count += 1
+    } else {
+      self.start = now
+      self.count = 1
+    }
+    return self.count
   }
 }

@@ -44,6 +44,10 @@ struct ServerStreamStateMachine {
     /// Answer at once without running a handler: these headers end the response; then reset
     /// the stream (NO_ERROR) if the client has not finished sending.
     case reject(HPACKHeaders, reset: Bool)
+    /// The request header block is malformed HTTP/2 (``HeaderBlock``, with what is wrong): a
+    /// stream error, so reset the stream with PROTOCOL_ERROR and answer nothing (RFC 9113
+    /// § 8.1.1), as grpc-go's server does.
+    case malformed(String)
   }
 
   /// Reads a new stream's request headers.
@@ -75,9 +79,12 @@ struct ServerStreamStateMachine {
       endStream: endStream,
       knownMethods: knownMethods
     )
-    if case .reject = action {
+    switch action {
+    case .reject, .malformed:
       machine.response = .closed
       machine.request = .closed
+    case .start:
+      ()
     }
     return (machine, action)
   }
@@ -87,6 +94,9 @@ struct ServerStreamStateMachine {
     endStream: Bool,
     knownMethods: [String: MethodDescriptor]
   ) -> OpenAction {
+    if let problem = HeaderBlock.request.problem(in: headers) {
+      return .malformed("The request headers \(problem).")
+    }
     // Not gRPC at all: answered with an HTTP status, as grpc-go does.
     let method = headers.first(name: ":method")
     guard method == "POST" else {
@@ -240,6 +250,13 @@ struct ServerStreamStateMachine {
   /// ending the stream is tolerated as END_STREAM, anything else fails the call.
   mutating func receivedTrailers(_ headers: HPACKHeaders, endStream: Bool) -> DataAction {
     guard case .open(let deframer) = self.request else { return .none }
+    if let problem = HeaderBlock.trailers.problem(in: headers) {
+      // Malformed: a stream error (RFC 9113 § 8.1.1).
+      let error = RPCError(code: .internalError, message: "The client's trailers \(problem).")
+      self.request = .closed
+      self.response = .closed
+      return .fail(nil, reset: .protocolError, cancel: error)
+    }
     guard endStream else {
       return self.fail(
         status: Status(
