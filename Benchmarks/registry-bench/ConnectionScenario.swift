@@ -207,7 +207,8 @@ enum ConnectionScenario {
             )
           }
           if cell.failed > 0 {
-            metrics.note("\(key): \(cell.failed) of \(cell.calls) calls failed")
+            let first = cell.firstFailure.map { "; the first: \($0)" } ?? ""
+            metrics.note("\(key): \(cell.failed) of \(cell.calls) calls failed\(first)")
           }
         }
       }
@@ -248,6 +249,8 @@ enum ConnectionScenario {
   struct Cell {
     var calls: Int
     var failed: Int
+    /// What the first failed call threw (the Swift clients only).
+    var firstFailure: String? = nil
     var callsPerSecond: Double
     var p50: Double
     var p99: Double
@@ -349,6 +352,7 @@ enum ConnectionScenario {
     let next = Counter()
     let cpuStart = processCPUSeconds()
     let start = ContinuousClock.now
+    let firstFailure = Locked<String?>(nil)
     let (latencies, failed) = await withTaskGroup(of: ([Duration], Int).self) { group in
       for _ in 0 ..< concurrency {
         group.addTask {
@@ -360,6 +364,10 @@ enum ConnectionScenario {
               try await call()
             } catch {
               failed += 1
+              if failed == 1 {
+                let text = String(describing: error)
+                firstFailure.withLock { $0 = $0 ?? text }
+              }
             }
             samples.append(ContinuousClock.now - callStart)
           }
@@ -380,6 +388,7 @@ enum ConnectionScenario {
     return Cell(
       calls: latencies.count,
       failed: failed,
+      firstFailure: firstFailure.withLock { $0 },
       callsPerSecond: Double(latencies.count) / elapsed.seconds,
       p50: summary.p50,
       p99: summary.p99,

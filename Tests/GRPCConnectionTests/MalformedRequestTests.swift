@@ -52,15 +52,7 @@ final class RawHTTP2Client: ChannelInboundHandler, Sendable {
     let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
       .channelInitializer { channel in
         channel.eventLoop.makeCompletedFuture {
-          var configuration = NIOHTTP2Handler.ConnectionConfiguration()
-          configuration.headerBlockValidation = .disabled
-          try channel.pipeline.syncOperations.addHandler(
-            NIOHTTP2Handler(
-              mode: .client,
-              connectionConfiguration: configuration,
-              streamConfiguration: .init()
-            )
-          )
+          try channel.pipeline.syncOperations.addHandler(NIOHTTP2Handler.unvalidated(mode: .client))
           try channel.pipeline.syncOperations.addHandler(recorder)
         }
       }

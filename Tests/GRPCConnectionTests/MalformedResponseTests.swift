@@ -110,29 +110,13 @@ final class MalformedResponseServer: ChannelInboundHandler, Sendable {
 @Suite("Malformed responses", .timeLimit(.minutes(1)))
 struct MalformedResponseTests {
   /// The client's HTTP/2 layer does not validate header blocks (the client does, once per block:
-  /// `GRPCWire.receivedBlockProblem`). Each malformed block must fail its call with
+  /// `HeaderBlock`). Each malformed block must fail its call with
   /// `internalError` naming the problem, reset the stream with PROTOCOL_ERROR when the server
   /// had not ended it, and leave the connection serving.
   @Test("a malformed response header block or trailers fails the call; the connection goes on")
   func malformedBlocks() async throws {
     let recorder = MalformedResponseServer()
-    let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-      .childChannelInitializer { channel in
-        channel.eventLoop.makeCompletedFuture {
-          var configuration = NIOHTTP2Handler.ConnectionConfiguration()
-          configuration.headerBlockValidation = .disabled
-          try channel.pipeline.syncOperations.addHandler(
-            NIOHTTP2Handler(
-              mode: .server,
-              connectionConfiguration: configuration,
-              streamConfiguration: .init()
-            )
-          )
-          try channel.pipeline.syncOperations.addHandler(recorder)
-        }
-      }
-      .bind(host: "127.0.0.1", port: 0)
-      .get()
+    let server = try await startRawHTTP2Server(recorder, validating: false)
     defer { server.close(promise: nil) }
     let port = try #require(server.localAddress?.port)
     let connection = HTTP2Connection(

@@ -49,15 +49,7 @@ struct RequestEndTests {
   @Test("a streaming request without messages ends on an empty DATA frame, not on its HEADERS")
   func emptyRequestEndsOnData() async throws {
     let recorder = DataEndStreamServer()
-    let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-      .childChannelInitializer { channel in
-        channel.eventLoop.makeCompletedFuture {
-          try channel.pipeline.syncOperations.addHandler(NIOHTTP2Handler(mode: .server))
-          try channel.pipeline.syncOperations.addHandler(recorder)
-        }
-      }
-      .bind(host: "127.0.0.1", port: 0)
-      .get()
+    let server = try await startRawHTTP2Server(recorder)
     defer { server.close(promise: nil) }
     let port = try #require(server.localAddress?.port)
     let connection = HTTP2Connection(

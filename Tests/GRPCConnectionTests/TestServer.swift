@@ -3,6 +3,8 @@ import GRPCCore
 import GRPCNIOTransportHTTP2
 import Logging
 import NIOCore
+import NIOHTTP2
+import NIOPosix
 import RegistryPrimitives
 import Synchronization
 
@@ -345,4 +347,37 @@ struct RefusingPort {
     _ = Darwin.close(self.fd)
     #endif
   }
+}
+
+extension NIOHTTP2Handler {
+  /// A handler whose HTTP/2 layer neither validates the header blocks it sends nor those it
+  /// receives: a peer that can send the malformed blocks the tests need.
+  static func unvalidated(mode: ParserMode) -> NIOHTTP2Handler {
+    var configuration = NIOHTTP2Handler.ConnectionConfiguration()
+    configuration.headerBlockValidation = .disabled
+    return NIOHTTP2Handler(
+      mode: mode,
+      connectionConfiguration: configuration,
+      streamConfiguration: .init()
+    )
+  }
+}
+
+/// Starts a raw HTTP/2 server on 127.0.0.1 whose every connection passes its frames to `handler`
+/// (shared by all connections). With `validating: false` its HTTP/2 layer checks no header block.
+func startRawHTTP2Server(
+  _ handler: some ChannelInboundHandler & Sendable,
+  validating: Bool = true
+) async throws -> any Channel {
+  try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+    .childChannelInitializer { channel in
+      channel.eventLoop.makeCompletedFuture {
+        let http2 =
+          validating ? NIOHTTP2Handler(mode: .server) : NIOHTTP2Handler.unvalidated(mode: .server)
+        try channel.pipeline.syncOperations.addHandler(http2)
+        try channel.pipeline.syncOperations.addHandler(handler)
+      }
+    }
+    .bind(host: "127.0.0.1", port: 0)
+    .get()
 }
