@@ -136,36 +136,38 @@ enum ConnectionScenario {
     _ = try Self.handlers()
     var metrics = Metrics()
     let goBinary = try await buildGo()
-    let swiftServer = try await Child.start(
+    let (swiftServer, swiftAddress) = try await Self.startServer(
       CommandLine.arguments[0],
       [],
       environment: ["REGISTRY_BENCH_SERVE_SWIFT": "1"]
     )
-    defer { swiftServer.stop() }
     // The same Swift server with `TrafficPingResponder` (as a RegisteredServer runs by default),
     // called by the grpc-go client only: the stock server drops it every ~200 calls.
-    let answeringServer = try await Child.start(
+    let (answeringServer, answeringAddress) = try await Self.startServer(
       CommandLine.arguments[0],
       [],
       environment: ["REGISTRY_BENCH_SERVE_SWIFT": "1", "REGISTRY_BENCH_ANSWER_PINGS": "1"]
     )
-    defer { answeringServer.stop() }
     // The project's own server transport (HTTP2Server).
-    let ownServer = try await Child.start(
+    let (ownServer, ownAddress) = try await Self.startServer(
       CommandLine.arguments[0],
       [],
       environment: ["REGISTRY_BENCH_SERVE_SWIFT": "1", "REGISTRY_BENCH_SERVER": "own"]
     )
-    defer { ownServer.stop() }
-    let goServer = try await Child.start(goBinary, ["serve", "-addr", "127.0.0.1:0"])
-    defer { goServer.stop() }
+    let (goServer, goAddress) = try await Self.startServer(
+      goBinary,
+      ["serve", "-addr", "127.0.0.1:0"]
+    )
+    // Each server exits when its standard input closes (`stop`); one left behind by an error
+    // is killed when its `ChildProcess` goes.
+    let children = [swiftServer, answeringServer, ownServer, goServer]
     let servers = [
-      ("swift", swiftServer.address), ("swiftpings", answeringServer.address),
-      ("own", ownServer.address), ("go", goServer.address),
+      ("swift", swiftAddress), ("swiftpings", answeringAddress), ("own", ownAddress),
+      ("go", goAddress),
     ]
     let serverPIDs = [
-      "swift": swiftServer.pid, "swiftpings": answeringServer.pid, "own": ownServer.pid,
-      "go": goServer.pid,
+      "swift": swiftServer.processIdentifier, "swiftpings": answeringServer.processIdentifier,
+      "own": ownServer.processIdentifier, "go": goServer.processIdentifier,
     ]
     let calls = Self.callsPerCell
     for (serverName, address) in servers {
@@ -230,7 +232,25 @@ enum ConnectionScenario {
       metrics.set("\(key)_drops_per_3000", report.connection_drops)
       metrics.set("\(key)_failed", report.failures)
     }
+    for child in children { await child.stop() }
     return metrics
+  }
+
+  /// Starts a server child that prints `LISTENING host:port` and serves until its standard
+  /// input closes; returns it and that address.
+  private static func startServer(
+    _ executable: String,
+    _ arguments: [String],
+    environment: [String: String] = [:]
+  ) async throws -> (EtcdHarness.ChildProcess, String) {
+    let child = try EtcdHarness.ChildProcess(
+      executable,
+      arguments,
+      environment: environment,
+      standardError: .inherit
+    )
+    let address = try await child.line(startingWith: "LISTENING ", within: .seconds(120))
+    return (child, address)
   }
 
   /// A process's user and system CPU time so far, from `/proc/<pid>/stat`.
@@ -440,57 +460,6 @@ enum ConnectionScenario {
       .deletingLastPathComponent().deletingLastPathComponent()
     Report.progress("conn: building the grpc-go client and server (go build, GOPATH mode)")
     return try await GoInteropBuild.build(repositoryRoot: root.path)
-  }
-}
-
-/// A child process of the `conn` scenario.
-final class Child: Sendable {
-  private let process: Process
-  private let input: Pipe
-  let address: String
-  /// The process ID, for its CPU time.
-  var pid: pid_t { self.process.processIdentifier }
-
-  private init(process: Process, input: Pipe, address: String) {
-    self.process = process
-    self.input = input
-    self.address = address
-  }
-
-  /// Starts a server that prints `LISTENING host:port` and serves until its stdin closes.
-  static func start(
-    _ executable: String,
-    _ arguments: [String],
-    environment: [String: String] = [:]
-  ) async throws -> Child {
-    let process = Process()
-    let input = Pipe()
-    let output = Pipe()
-    process.executableURL = URL(fileURLWithPath: executable)
-    process.arguments = arguments
-    process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-    process.standardInput = input
-    process.standardOutput = output
-    try process.run()
-    let line = await onThread { () -> String in
-      var text = ""
-      while !text.contains("\n") {
-        let data = output.fileHandleForReading.availableData
-        if data.isEmpty { break }
-        text += String(decoding: data, as: UTF8.self)
-      }
-      return text
-    }
-    guard line.hasPrefix("LISTENING "), let first = line.split(separator: "\n").first else {
-      process.terminate()
-      throw BenchError("\(executable) did not start: \(line)")
-    }
-    return Child(process: process, input: input, address: String(first.dropFirst(10)))
-  }
-
-  func stop() {
-    try? self.input.fileHandleForWriting.close()
-    self.process.waitUntilExit()
   }
 }
 
