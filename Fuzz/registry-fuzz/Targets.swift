@@ -15,6 +15,7 @@ enum FuzzTargets {
     "deframer": deframer,
     "ping-scanner": pingScanner,
     "watch-model": watchModel,
+    "header-block": headerBlock,
   ]
 
   /// The instance JSON codec: the canonical fast path reads what the general reader reads, and
@@ -60,6 +61,14 @@ enum FuzzTargets {
       precondition(decoded.kvs.count == visited, "decoders disagree on the key-values")
       precondition(decoded.header == fields.header, "decoders disagree on the header")
     }
+  }
+
+  /// A header block as HPACK decodes it from a peer, given to the server's request reader and
+  /// the client's response and trailers readers (`HeaderBlockFuzzing`): both ends check blocks
+  /// themselves, NIOHTTP2Handler's validation is off. The first byte's low bit is END_STREAM.
+  static func headerBlock(_ input: UnsafeRawBufferPointer) {
+    guard let first = input.first else { return }
+    HeaderBlockFuzzing.check(hpack: Array(input.dropFirst()), endStream: first & 1 == 1)
   }
 
   /// The gRPC message deframer: the same messages (or the same failure) however the bytes are
