@@ -31,16 +31,8 @@ enum GRPCWire {
     metadata: Metadata
   ) throws(RPCError) -> HPACKHeaders {
     // The HTTP/2 layer does not validate what the client sends (see `HeaderBlock`).
-    for (name, value) in [(":path", path), (":authority", authority)]
-    where !HeaderBlock.isValidPseudoHeaderValue(value) {
-      throw RPCError(
-        code: .internalError,
-        message: """
-          The request's '\(name)' \(String(reflecting: value)) has a control character, a space or \
-          DEL, which HTTP/2 does not allow there; check the method descriptor and the target.
-          """
-      )
-    }
+    try Self.checkPseudoHeader(":path", path)
+    try Self.checkPseudoHeader(":authority", authority)
     var headers = HPACKHeaders()
     headers.reserveCapacity(6 + metadata.count)
     // Pseudo-headers must precede all regular fields.
@@ -72,6 +64,20 @@ enum GRPCWire {
       headers.add(name: "grpc-timeout", value: Self.encodeTimeout(timeout))
     }
     return headers
+  }
+
+  /// Throws when `value` cannot be the request's pseudo-header `name`. Called once per
+  /// pseudo-header (not over an array of them, which would cost an allocation per call).
+  private static func checkPseudoHeader(_ name: String, _ value: String) throws(RPCError) {
+    guard HeaderBlock.isValidPseudoHeaderValue(value) else {
+      throw RPCError(
+        code: .internalError,
+        message: """
+          The request's '\(name)' \(String(reflecting: value)) has a control character, a space or \
+          DEL, which HTTP/2 does not allow there; check the method descriptor and the target.
+          """
+      )
+    }
   }
 
   /// What makes a metadata entry impossible to send, phrased to follow "The request's
